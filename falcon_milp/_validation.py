@@ -1,0 +1,116 @@
+"""All the rules an instance must satisfy, checked in one place before any solve.
+
+Messages name the field, the group and what was expected and what came.
+Nothing here modifies its arguments.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any, Sequence
+
+import numpy as np
+
+from .exceptions import InvalidInstanceError
+
+
+def _first_bad(values: np.ndarray) -> tuple[int, float] | None:
+    """Index and value of the first NaN, infinite or negative entry, or None."""
+    bad = ~np.isfinite(values) | (values < 0)
+    if not bad.any():
+        return None
+    idx = int(np.flatnonzero(bad)[0])
+    return idx, float(values[idx])
+
+
+def as_importance_array(values: Any, group: str) -> np.ndarray:
+    """Return a 1-D float array (float32 kept as float32) of finite, non-negative importances."""
+    try:
+        arr = np.asarray(values)
+    except Exception as exc:  # ragged lists and the like
+        raise InvalidInstanceError(
+            f"`importances` of group '{group}' must be a 1-D array of numbers; {exc}") from None
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise InvalidInstanceError(
+            f"`importances` of group '{group}' must be numeric; got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise InvalidInstanceError(f"`importances` of group '{group}' must be real; got complex")
+    if arr.ndim != 1:
+        arr = arr.reshape(-1)
+    if arr.size == 0:
+        raise InvalidInstanceError(f"`importances` of group '{group}' is empty; a group needs >= 1 weight")
+    if arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float64)
+    bad = _first_bad(arr)
+    if bad is not None:
+        raise InvalidInstanceError(
+            f"`importances` of group '{group}' must be finite and >= 0; got {bad[1]!r} at index {bad[0]}")
+    return arr
+
+
+def check_cost(value: Any, field: str, group: str) -> float:
+    """A per-weight cost: a finite real number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)):
+        raise InvalidInstanceError(
+            f"`{field}` of group '{group}' must be a finite number >= 0; got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < 0:
+        raise InvalidInstanceError(f"`{field}` of group '{group}' must be finite and >= 0; got {v!r}")
+    return v
+
+
+def check_max_nnz(value: Any, total: int) -> int:
+    """S: an integer >= 0 (None means no budget: all `total` weights)."""
+    if value is None:
+        return total
+    if isinstance(value, bool):
+        raise InvalidInstanceError(f"`max_nnz` must be an integer >= 0; got {value!r}")
+    if isinstance(value, (Integral, np.integer)):
+        v = int(value)
+    elif isinstance(value, (Real, np.floating)) and math.isfinite(float(value)) and float(value).is_integer():
+        v = int(value)
+    else:
+        raise InvalidInstanceError(f"`max_nnz` must be an integer >= 0; got {value!r}")
+    if v < 0:
+        raise InvalidInstanceError(f"`max_nnz` must be an integer >= 0; got {v}")
+    return v
+
+
+def check_budget(value: Any, field: str) -> float:
+    """A resource budget: a real number >= 0 (math.inf allowed), not NaN."""
+    if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)):
+        raise InvalidInstanceError(f"`{field}` must be a number >= 0; got {value!r}")
+    v = float(value)
+    if math.isnan(v) or v < 0:
+        raise InvalidInstanceError(f"`{field}` must be a number >= 0; got {v!r}")
+    return v
+
+
+def check_names(names: Sequence[Any] | None, n_groups: int) -> tuple[str, ...]:
+    """Group names: unique, non-empty strings, one per group (default layer0, layer1, ...)."""
+    if names is None:
+        return tuple(f"layer{i}" for i in range(n_groups))
+    names = list(names)
+    if len(names) != n_groups:
+        raise InvalidInstanceError(
+            f"`names` must have one entry per group ({n_groups}); got {len(names)}")
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name:
+            raise InvalidInstanceError(f"`names` entry {i} must be a non-empty string; got {name!r}")
+        if name in seen:
+            raise InvalidInstanceError(f"`names` must be unique; '{name}' appears twice")
+        seen.add(name)
+    return tuple(names)
+
+
+def check_group_sizes(sizes: Any) -> np.ndarray:
+    arr = np.asarray(sizes)
+    if arr.ndim != 1 or arr.size == 0:
+        raise InvalidInstanceError("`group_sizes` must be a non-empty 1-D array of positive integers")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise InvalidInstanceError(f"`group_sizes` must hold integers; got dtype {arr.dtype}")
+    if (arr <= 0).any():
+        i = int(np.flatnonzero(arr <= 0)[0])
+        raise InvalidInstanceError(f"`group_sizes` entry {i} must be >= 1; got {int(arr[i])}")
+    return arr.astype(np.int64)

@@ -1,0 +1,30 @@
+"""Exception hierarchy: one root, subclasses that also inherit the matching builtin.
+
+Every message names the offending field and says what was expected and what came,
+so the CLI can print it as one line and exit with code 2.
+"""
+from __future__ import annotations
+
+
+class FalconError(Exception):
+    """Root of every error raised on purpose by falcon-milp."""
+
+
+class InvalidInstanceError(FalconError, ValueError):
+    """An instance (or the arrays given to build one) breaks a rule of the format."""
+
+
+class InstanceFileError(FalconError, ValueError):
+    """An instance file is missing, truncated, corrupt or of an unknown schema."""
+
+
+class UnknownSolverError(FalconError, ValueError):
+    """A solver name that is not registered."""
+
+
+class SolverOptionError(FalconError, ValueError):
+    """A solver option (time limit, gap, threads, ...) out of range."""
+
+
+class SolverUnavailableError(FalconError, RuntimeError):
+    """A solver cannot take this instance (too large, missing dependency)."""
