@@ -1,0 +1,184 @@
+"""Surgery: apply a solved 0/1 mask to a model, count what it keeps, save the pruned weights.
+
+A mask is a flat bool vector over the prunable weights in instance order (layers of
+:func:`falcon_milp.torch.flops.prunable_layers` concatenated, each tensor row-major), exactly
+the ``mask`` of a :class:`falcon_milp.SolveResult`.
+
+:func:`apply_mask` registers a parametrization ``weight = original * mask``
+(``torch.nn.utils.parametrize``) and also zeroes ``original`` where the mask is 0, so masked
+weights stay exactly zero through any later training (their gradient is zero and whatever an
+optimiser does to ``original`` is multiplied by 0). :func:`remove_masks` folds the masks in;
+:func:`pruned_state_dict` returns plain weights (masks folded) without changing the model.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from . import ModelError
+from .flops import PrunableLayer, dense_nnz, prunable_layers
+
+__all__ = ["Usage", "WeightMask", "apply_mask", "check_layers_match", "count_usage", "current_mask",
+           "is_masked", "layer_usage", "pruned_state_dict", "remove_masks", "save_pruned"]
+
+
+class WeightMask(nn.Module):
+    """Parametrization ``w -> w * mask`` with a fixed 0/1 ``mask`` buffer (saved in state_dict)."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+
+def _as_flat_bool(mask: Any, p: int) -> torch.Tensor:
+    if isinstance(mask, np.ndarray):
+        if mask.dtype != bool:
+            raise ModelError(f"`mask` must be a bool array; got dtype {mask.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(mask))
+    elif isinstance(mask, torch.Tensor):
+        if mask.dtype != torch.bool:
+            raise ModelError(f"`mask` must be a bool array; got dtype {mask.dtype}")
+        t = mask.detach().cpu()
+    else:
+        raise ModelError(f"`mask` must be a bool numpy array or tensor; got {type(mask).__name__}")
+    if tuple(t.shape) != (p,):
+        raise ModelError(f"`mask` must have shape ({p},) (one entry per prunable weight); got {tuple(t.shape)}")
+    return t
+
+
+def check_layers_match(layers: Sequence[PrunableLayer], instance: Any) -> None:
+    """Raise ModelError unless ``instance`` (a PruningInstance) has these layers' names and sizes."""
+    names = tuple(l.name for l in layers)
+    if tuple(instance.names) != names:
+        i = next((k for k, (a, b) in enumerate(zip(instance.names, names)) if a != b),
+                 min(len(names), len(instance.names)))
+        got = instance.names[i] if i < len(instance.names) else "<none>"
+        want = names[i] if i < len(names) else "<none>"
+        raise ModelError(f"instance group {i} is '{got}' but the model's prunable layer {i} is '{want}'")
+    for l, n in zip(layers, instance.group_sizes):
+        if int(n) != l.n_weights:
+            raise ModelError(f"instance group '{l.name}' has {int(n)} weights but the layer has {l.n_weights}")
+
+
+def is_masked(module: nn.Module, name: str = "weight") -> bool:
+    """Whether ``module.<name>`` carries a :class:`WeightMask`."""
+    return parametrize.is_parametrized(module, name) and any(
+        isinstance(p, WeightMask) for p in module.parametrizations[name])
+
+
+def apply_mask(layers: Sequence[PrunableLayer], mask: Any, instance: Any = None) -> None:
+    """Mask the layers' weights with a flat bool ``mask`` (True = keep), in place.
+
+    Registers (or updates) a :class:`WeightMask` on each layer and zeroes the pruned entries of
+    the trainable tensor. With ``instance`` the layers are first checked against its groups.
+    """
+    if instance is not None:
+        check_layers_match(layers, instance)
+    flat = _as_flat_bool(mask, dense_nnz(layers))
+    for layer, part in zip(layers, torch.split(flat, [l.n_weights for l in layers])):
+        module, name = layer.module, layer.param_name
+        param = layer.parameter
+        m = part.reshape(layer.shape).to(device=param.device, dtype=param.dtype)
+        with torch.no_grad():
+            param.mul_(m)
+        if is_masked(module, name):
+            for p in module.parametrizations[name]:
+                if isinstance(p, WeightMask):
+                    p.mask.copy_(m)
+        else:
+            parametrize.register_parametrization(module, name, WeightMask(m))
+
+
+def remove_masks(model: nn.Module) -> nn.Module:
+    """Fold every :class:`WeightMask` into a plain ``weight`` parameter (zeros stay); returns model."""
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations.keys()):
+                if is_masked(module, name):
+                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return model
+
+
+def pruned_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state_dict with masks folded in and plain keys (``fc.weight``), as loaded by
+    the unmasked architecture. The model is not changed."""
+    out: dict[str, torch.Tensor] = {}
+    masked: dict[str, torch.Tensor] = {}
+    for mod_name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for name in module.parametrizations.keys():
+                key = f"{mod_name}.{name}" if mod_name else name
+                masked[key] = getattr(module, name).detach().clone()
+    for key, value in model.state_dict().items():
+        if ".parametrizations." in key or key.startswith("parametrizations."):
+            head, _, tail = key.partition("parametrizations.")
+            pname = tail.split(".")[0]
+            plain = f"{head}{pname}"
+            if plain in masked and plain not in out:
+                out[plain] = masked[plain]
+            continue
+        out[key] = value.detach().clone()
+    return out
+
+
+def save_pruned(model: nn.Module, path: str | os.PathLike) -> str:
+    """``torch.save(pruned_state_dict(model), path)``; returns the path."""
+    torch.save(pruned_state_dict(model), path)
+    return os.fspath(path)
+
+
+def current_mask(layers: Sequence[PrunableLayer]) -> np.ndarray:
+    """(p,) bool: which effective weights are nonzero, in instance order."""
+    return torch.cat([(l.weight.detach() != 0).reshape(-1).cpu() for l in layers]).numpy()
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Zero-aware resource use of the prunable layers (per input example).
+
+    ``nnz`` counts nonzero weights, ``flops`` = sum_l nnz_l * f_l (MACs of nonzero weights);
+    ``per_layer`` maps a layer name to (nnz, n_weights, flops_per_weight).
+    """
+
+    nnz: int
+    flops: int
+    dense_nnz: int
+    dense_flops: int
+    per_layer: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+
+    @property
+    def nnz_fraction(self) -> float:
+        return self.nnz / self.dense_nnz if self.dense_nnz else float("nan")
+
+    @property
+    def flops_fraction(self) -> float:
+        return self.flops / self.dense_flops if self.dense_flops else float("nan")
+
+
+def layer_usage(layers: Sequence[PrunableLayer]) -> Usage:
+    """Zero-aware NNZ and FLOPs of the layers' current effective weights."""
+    per: dict[str, tuple[int, int, int]] = {}
+    nnz = flops = dn = df = 0
+    for l in layers:
+        k = int(torch.count_nonzero(l.weight.detach()))
+        per[l.name] = (k, l.n_weights, l.flops_per_weight)
+        nnz += k
+        flops += k * l.flops_per_weight
+        dn += l.n_weights
+        df += l.flops
+    return Usage(nnz, flops, dn, df, per)
+
+
+def count_usage(model: nn.Module, example_input: Any, include: Any = None) -> Usage:
+    """Measure the model's zero-aware NNZ and FLOPs (FLOP costs from a forward pass on
+    ``example_input``; see :func:`falcon_milp.torch.flops.prunable_layers`)."""
+    return layer_usage(prunable_layers(model, example_input, include))
