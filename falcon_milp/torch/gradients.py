@@ -1,0 +1,130 @@
+"""Per-sample gradients of the loss over the prunable weights: the rows of X.
+
+For examples (x_k, y_k), k = 1..n, row k of X is
+
+    X[k] = d loss(model(x_k), y_k) / d w      (w: the prunable weights, instance order)
+
+computed with ``torch.func`` (``functional_call`` + ``vmap(grad(.))``) in float32, ``chunk_size``
+examples at a time so that memory stays at O(chunk_size * p) besides the output. The model runs
+in eval mode (BatchNorm uses its running statistics, dropout is off); its mode is restored.
+On a masked model (:mod:`falcon_milp.torch.masks`) the gradient is taken with respect to the
+*effective* weights, pruned entries included (their gradient at w_i = 0 is generally nonzero).
+
+The empirical Fisher is X^T X / n; the local quadratic model of falcon-method.md section 3
+uses X (scale it by 1/sqrt(n) for the Fisher convention).
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from torch.nn.utils import parametrize
+
+from . import InputShapeError, ModelError
+from .flops import PrunableLayer, dense_nnz, prunable_layers
+from .masks import WeightMask
+
+__all__ = ["LossFn", "default_chunk_size", "iter_per_sample_grads", "per_sample_grads"]
+
+#: ``loss_fn(output, target) -> scalar`` for a batch of one example (default: cross entropy)
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def default_chunk_size(p: int, target_bytes: int = 256 * 2**20) -> int:
+    """Examples per chunk so that one chunk of float32 gradients (plus a copy) is ~target_bytes."""
+    return int(max(1, min(256, target_bytes // max(1, 8 * p))))
+
+
+def _keys(layers: Sequence[PrunableLayer], model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(differentiable weights by functional_call key, fixed overrides such as mask = 1)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    weights: dict[str, torch.Tensor] = {}
+    fixed: dict[str, torch.Tensor] = {}
+    for layer in layers:
+        if id(layer.module) not in names:
+            raise ModelError(f"layer '{layer.name}' is not a module of {type(model).__name__}")
+        prefix = names[id(layer.module)]
+        prefix = prefix + "." if prefix else ""
+        w = layer.weight.detach().to(torch.float32)
+        if parametrize.is_parametrized(layer.module, layer.param_name):
+            plist = layer.module.parametrizations[layer.param_name]
+            if not all(isinstance(p, WeightMask) for p in plist):
+                raise ModelError(f"layer '{layer.name}' has a parametrization other than WeightMask; "
+                                 "per-sample gradients support plain or masked weights only")
+            base = f"{prefix}parametrizations.{layer.param_name}"
+            weights[f"{base}.original"] = w
+            for i, p in enumerate(plist):  # evaluate the effective weight itself: mask = 1
+                fixed[f"{base}.{i}.mask"] = torch.ones_like(p.mask)
+        else:
+            weights[f"{prefix}{layer.param_name}"] = w
+    return weights, fixed
+
+
+def iter_per_sample_grads(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                          layers: Sequence[PrunableLayer] | None = None,
+                          loss_fn: LossFn | None = None,
+                          chunk_size: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(start, G)`` with G the float32 (c, p) per-sample gradients of examples
+    ``start .. start + c - 1``, in order (the chunked form of :func:`per_sample_grads`).
+
+    ``layers`` defaults to ``prunable_layers(model, inputs[:1])``; columns follow their order.
+    """
+    n = int(inputs.shape[0]) if isinstance(inputs, torch.Tensor) and inputs.ndim >= 1 else 0
+    if not isinstance(targets, torch.Tensor) or targets.ndim < 1 or targets.shape[0] != n:
+        tn = targets.shape[0] if isinstance(targets, torch.Tensor) and targets.ndim >= 1 else "no"
+        raise InputShapeError(f"`inputs` has {n} examples but `targets` has {tn}")
+    if n == 0:
+        raise InputShapeError("`inputs` must hold at least one example; got 0")
+    if layers is None:
+        layers = prunable_layers(model, inputs[:1])
+    p = dense_nnz(layers)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(p)
+    if chunk_size < 1:
+        raise InputShapeError(f"`chunk_size` must be >= 1; got {chunk_size}")
+    loss = loss_fn or (lambda out, y: F.cross_entropy(out, y, reduction="sum"))
+    weights, fixed = _keys(layers, model)
+    keys = list(weights)
+
+    def one(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, {**params, **fixed}, (x.unsqueeze(0),))
+        return loss(out, y.unsqueeze(0))
+
+    per_sample = vmap(grad(one), in_dims=(None, 0, 0))
+    for start in range(0, n, chunk_size):
+        xc = inputs[start:start + chunk_size]
+        yc = targets[start:start + chunk_size]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():  # the module's own parameters need no autograd graph
+                g = per_sample(weights, xc, yc)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise InputShapeError(
+                f"per-sample gradients failed for inputs of shape {tuple(inputs.shape)} and "
+                f"targets of shape {tuple(targets.shape)}: {first}") from None
+        finally:  # restored before yielding: the caller never runs inside our modes
+            model.train(was_training)
+        yield start, torch.cat([g[k].reshape(g[k].shape[0], -1).to(torch.float32) for k in keys], dim=1)
+
+
+def per_sample_grads(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                     layers: Sequence[PrunableLayer] | None = None, loss_fn: LossFn | None = None,
+                     chunk_size: int | None = None) -> torch.Tensor:
+    """X: float32 tensor (n, p) of per-sample loss gradients over the prunable weights, columns
+    in instance order (layers concatenated, each tensor row-major). Memory: n * p * 4 bytes for
+    the result plus one chunk; use :func:`iter_per_sample_grads` when that does not fit."""
+    if layers is None and isinstance(inputs, torch.Tensor) and inputs.ndim >= 1 and inputs.shape[0] > 0:
+        layers = prunable_layers(model, inputs[:1])
+    out: torch.Tensor | None = None
+    for start, g in iter_per_sample_grads(model, inputs, targets, layers, loss_fn, chunk_size):
+        if out is None:
+            out = torch.empty((inputs.shape[0], g.shape[1]), dtype=torch.float32)
+        out[start:start + g.shape[0]] = g
+    assert out is not None
+    return out
+
