@@ -1,0 +1,138 @@
+"""Benchmark plots (matplotlib, Agg backend, PNG): gap per solver and family, time vs size.
+
+matplotlib is imported inside the functions, so importing the bench package stays cheap.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+from .report import Row, _families, _solvers_in
+
+GAP_FLOOR = 1e-12
+"""Gaps below this (0 included) are drawn at this height on the log axis."""
+
+_MARKERS = "osD^vP*Xh<>p"
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_gap_by_family(rows: Sequence[Row], path: str | Path) -> Path | None:
+    """Grouped bars: largest gap to best known per (family, solver); dots: each instance."""
+    rows = [r for r in rows if r.gap_to_best is not None]
+    if not rows:
+        return None
+    plt = _plt()
+    families, solvers = _families(rows), _solvers_in(rows)
+    width = 0.8 / max(1, len(solvers))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.35 * len(families) * max(1, len(solvers)) + 3.5), 4.8))
+    cmap = plt.get_cmap("tab10")
+    for j, s in enumerate(solvers):
+        xs, tops = [], []
+        for i, fam in enumerate(families):
+            vals = [max(r.gap_to_best, GAP_FLOOR) for r in rows if r.family == fam and r.solver == s]
+            if not vals:
+                continue
+            x = i - 0.4 + width * (j + 0.5)
+            xs.append(x)
+            tops.append(max(vals))
+            ax.scatter([x] * len(vals), vals, s=10, color="black", zorder=3, linewidths=0)
+        if xs:
+            ax.bar(xs, [t - GAP_FLOOR for t in tops], width=width * 0.95, bottom=GAP_FLOOR,
+                   color=cmap(j % 10), label=s, zorder=2)
+    ax.set_yscale("log")
+    ax.set_ylim(GAP_FLOOR / 2, None)
+    ax.set_xticks(range(len(families)))
+    ax.set_xticklabels(families, rotation=30, ha="right")
+    ax.set_ylabel("gap to best known (log; 0 drawn at 1e-12)")
+    ax.set_title("Largest gap to best known per family (bars) and per instance (dots)")
+    ax.grid(axis="y", which="major", alpha=0.3, zorder=0)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_time_vs_size(rows: Sequence[Row], path: str | Path) -> Path | None:
+    """Log-log: runtime (median over repeats) against the number of weights, one series per solver."""
+    rows = [r for r in rows if r.runtime_s is not None and r.n_weights]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    cmap = plt.get_cmap("tab10")
+    for j, s in enumerate(_solvers_in(rows)):
+        pts = sorted((r.n_weights, max(r.runtime_s, 1e-5), r.termination == "time_limit")
+                     for r in rows if r.solver == s)
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        ax.plot(xs, ys, marker=_MARKERS[j % len(_MARKERS)], markersize=4, linewidth=0.8,
+                alpha=0.85, color=cmap(j % 10), label=s)
+        lim = [(p[0], p[1]) for p in pts if p[2]]
+        if lim:
+            ax.scatter(*zip(*lim), s=60, facecolors="none", edgecolors=cmap(j % 10), zorder=4)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("number of weights p")
+    ax.set_ylabel("solve time (s, median over repeats)")
+    ax.set_title("Time vs size (circled: stopped at the time limit)")
+    ax.grid(which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_own_gap_vs_size(rows: Sequence[Row], path: str | Path) -> Path | None:
+    """Log-log: each solver's own certified gap against the number of weights."""
+    rows = [r for r in rows if r.gap is not None and r.n_weights and math.isfinite(r.gap)
+            and r.status in ("feasible", "optimal")]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    cmap = plt.get_cmap("tab10")
+    for j, s in enumerate(_solvers_in(rows)):
+        pts = sorted((r.n_weights, max(r.gap, GAP_FLOOR)) for r in rows if r.solver == s)
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=_MARKERS[j % len(_MARKERS)],
+                   s=16, color=cmap(j % 10), label=s, alpha=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(GAP_FLOOR / 2, None)
+    ax.set_xlabel("number of weights p")
+    ax.set_ylabel("own certified gap (log; 0 drawn at 1e-12)")
+    ax.set_title("Certified gap each solver proves about its own answer")
+    ax.grid(which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+PLOTS = (
+    ("gap_by_family.png", plot_gap_by_family,
+     "Gap to best known per solver and instance family (bars: largest; dots: each instance)"),
+    ("time_vs_size.png", plot_time_vs_size, "Solve time against the number of weights (log-log)"),
+    ("own_gap_vs_size.png", plot_own_gap_vs_size,
+     "Each solver's own certified gap against the number of weights (log-log)"),
+)
+
+
+def write_plots(rows: Sequence[Row], out_dir: str | Path) -> list[tuple[str, str]]:
+    """Write every plot that has data; returns (file name, caption) pairs for the report."""
+    out = []
+    for fname, func, caption in PLOTS:
+        if func(rows, Path(out_dir) / fname) is not None:
+            out.append((fname, caption))
+    return out
