@@ -41,6 +41,10 @@ class CheckpointMismatchError(ModelError):
     """A checkpoint's keys or shapes do not match the architecture."""
 
 
+class OptionError(FalconError, ValueError):
+    """An option of the bridge out of range (budget fraction, importance name or parameter)."""
+
+
 class DataFileError(FalconError, ValueError):
     """A data file (MNIST IDX, CIFAR-10 batch, mask, checkpoint) is missing or malformed."""
 
@@ -68,7 +72,7 @@ _LAZY = {
 }
 
 __all__ = ["CheckpointMismatchError", "DataFileError", "InputShapeError", "ModelError",
-           "NoPrunableLayerError", *sorted(_LAZY)]
+           "NoPrunableLayerError", "OptionError", *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> Any:

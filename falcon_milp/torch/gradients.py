@@ -27,7 +27,8 @@ from . import InputShapeError, ModelError
 from .flops import PrunableLayer, dense_nnz, prunable_layers
 from .masks import WeightMask
 
-__all__ = ["LossFn", "default_chunk_size", "iter_per_sample_grads", "per_sample_grads"]
+__all__ = ["LossFn", "Objective", "default_chunk_size", "iter_per_sample_grads", "per_sample_grads",
+           "summed_grad"]
 
 #: ``loss_fn(output, target) -> scalar`` for a batch of one example (default: cross entropy)
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -128,3 +129,50 @@ def per_sample_grads(model: nn.Module, inputs: torch.Tensor, targets: torch.Tens
     assert out is not None
     return out
 
+
+
+#: ``objective(output, target) -> scalar`` summed over a batch
+Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def summed_grad(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                layers: Sequence[PrunableLayer] | None = None, objective: Objective | None = None,
+                batch_size: int = 256) -> torch.Tensor:
+    """g = sum_k d objective(model(x_k), y_k) / d w as a float64 (p,) tensor (instance order).
+
+    ``objective`` receives a batch and must return the batch's sum (default: cross entropy with
+    ``reduction="sum"``, so g = X^T 1). Eval mode, effective weights, as for the per-sample form.
+    """
+    n = int(inputs.shape[0]) if isinstance(inputs, torch.Tensor) and inputs.ndim >= 1 else 0
+    if not isinstance(targets, torch.Tensor) or targets.ndim < 1 or targets.shape[0] != n:
+        tn = targets.shape[0] if isinstance(targets, torch.Tensor) and targets.ndim >= 1 else "no"
+        raise InputShapeError(f"`inputs` has {n} examples but `targets` has {tn}")
+    if n == 0:
+        raise InputShapeError("`inputs` must hold at least one example; got 0")
+    if batch_size < 1:
+        raise InputShapeError(f"`batch_size` must be >= 1; got {batch_size}")
+    if layers is None:
+        layers = prunable_layers(model, inputs[:1])
+    obj = objective or (lambda out, y: F.cross_entropy(out, y, reduction="sum"))
+    weights, fixed = _keys(layers, model)
+    keys = list(weights)
+
+    def batch_obj(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return obj(functional_call(model, {**params, **fixed}, (x,)), y)
+
+    total = torch.zeros(dense_nnz(layers), dtype=torch.float64)
+    g_fn = grad(batch_obj)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                g = g_fn(weights, inputs[start:start + batch_size], targets[start:start + batch_size])
+                total += torch.cat([g[k].reshape(-1) for k in keys]).to(torch.float64)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputShapeError(f"gradient failed for inputs of shape {tuple(inputs.shape)} and "
+                              f"targets of shape {tuple(targets.shape)}: {first}") from None
+    finally:
+        model.train(was_training)
+    return total
