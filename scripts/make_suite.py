@@ -2,7 +2,8 @@
 """Generate the committed instance suite and its MANIFEST of best-known bounds.
 
     .venv/bin/python scripts/make_suite.py                 # files + bounds for new/changed instances
-    .venv/bin/python scripts/make_suite.py --recompute     # recompute every bound
+    .venv/bin/python scripts/make_suite.py --recompute     # re-run every solver, merge with old bounds
+    .venv/bin/python scripts/make_suite.py --recompute --fresh   # ... and forget the old bounds
     .venv/bin/python scripts/make_suite.py --only 'real/*' --recompute
     .venv/bin/python scripts/make_suite.py --check         # verify files and digests, write nothing
 
@@ -19,7 +20,8 @@ What it does, deterministically (fixed seeds, no clock):
    per-group kept counts with exact rational budgets. best_lower = the largest feasible
    objective, best_upper = the smallest proven bound; ``lower_by`` / ``upper_by`` list every
    solver that reached them (within 1e-9 relative). Bounds of an instance whose digest did
-   not change are kept from the old MANIFEST and merged with any new ones;
+   not change are kept from the old MANIFEST (both stay valid) and merged with any new ones
+   unless ``--fresh``;
 4. writes ``instances/MANIFEST`` (JSON Lines, sorted by name; format in instances/README.md).
 """
 from __future__ import annotations
@@ -257,7 +259,9 @@ def merge(old: BestKnown, new: BestKnown, name: str) -> BestKnown:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recompute", action="store_true", help="recompute bounds (of --only, else all)")
+    ap.add_argument("--recompute", action="store_true",
+                    help="re-run the solvers (on --only, else all) and merge with the old bounds")
+    ap.add_argument("--fresh", action="store_true", help="with --recompute: discard the old bounds")
     ap.add_argument("--only", action="append", default=None, metavar="GLOB",
                     help="restrict bound computation to instance names matching GLOB (repeatable)")
     ap.add_argument("--solvers", default=None, help="comma-separated (default: every available solver)")
@@ -370,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         if name in new_best:
             rec = info[name]
             best = new_best[name]
-            if name in old and old[name].digest == rec["digest"] and not args.recompute:
+            if name in old and old[name].digest == rec["digest"] and not args.fresh:
                 best = merge(old[name].best, best, name)
             out.append(ManifestEntry(name, family, source, rec["n_weights"], rec["n_groups"],
                                      rec["budgets"], prov, rec["digest"], best, tuple(suites)))
