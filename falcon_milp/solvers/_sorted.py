@@ -1,0 +1,279 @@
+"""Per-layer sorted importances, threshold counts, prefix sums and exact budget arithmetic.
+
+Shared by the ``falcon-lagrangian``, ``fast`` and ``exact`` solvers.
+
+Every layer (group) is sorted once, in descending importance order. The values are stored
+negated in one buffer of the input dtype (float32 stays float32), each layer's segment in
+ascending order, so the j-th largest importance of layer l is ``-neg[offsets[l] + j]``.
+Memory: one copy of the importances plus ``p / 4096`` float64 block sums.
+
+Threshold model. A layer's kept count at a float64 threshold ``T`` is ``#{i in l : I_i > T}``;
+for a dual pair (lam, w) the threshold of layer l is ``T_l = fl(lam * f_l + w)`` (one float64
+rounding), which is monotone in w, so "the smallest w with count(w) <= K" is well defined and
+found exactly by :meth:`SortedLayers.select`.
+
+Budget arithmetic (:class:`ExactRows`) is exact: every cost and budget is a float, i.e. a
+dyadic rational; they are scaled to integers over a common power-of-two denominator.
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
+from typing import Sequence
+
+import numpy as np
+
+from ..instance import PruningInstance
+
+BLOCK = 4096
+"""Block length of the per-layer prefix sums (partial blocks are summed on demand)."""
+
+_GATHER = 2048
+"""Selection switches from value bisection to an exact sort of the candidates below this."""
+
+
+def default_threads(threads: int | None) -> int:
+    """Worker threads for sorting: the given number, else min(2, CPUs)."""
+    if threads is not None:
+        return max(1, int(threads))
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def _round_keys(dtype: np.dtype, x: np.ndarray, up: bool) -> np.ndarray:
+    """Each float64 of x rounded to ``dtype`` upwards (or downwards), exactly representable."""
+    if dtype == np.float64:
+        return x
+    with np.errstate(over="ignore"):
+        y = x.astype(dtype)
+    back = y.astype(np.float64)
+    if up:
+        bad = back < x
+        if bad.any():
+            y[bad] = np.nextafter(y[bad], dtype.type(np.inf))
+    else:
+        bad = back > x
+        if bad.any():
+            y[bad] = np.nextafter(y[bad], dtype.type(-np.inf))
+    return y
+
+
+class SortedLayers:
+    """The importances of an instance, sorted once per layer (descending), with counting tools.
+
+    Attributes: ``neg`` (p,) negated importances, each layer's segment ascending; ``offsets``
+    (L+1,); ``sizes`` (L,); ``costs`` (L, R) float64; ``dtype``; ``views`` one view per layer.
+    """
+
+    def __init__(self, instance: PruningInstance, threads: int | None = None) -> None:
+        imp = instance.importance
+        self.dtype = imp.dtype
+        self.offsets = instance.offsets
+        self.sizes = np.asarray(instance.group_sizes, dtype=np.int64)
+        self.costs = np.asarray(instance.costs, dtype=np.float64)
+        self.n_layers = int(self.sizes.size)
+        self.neg = np.empty_like(imp)
+        self.views = [self.neg[self.offsets[l]:self.offsets[l + 1]] for l in range(self.n_layers)]
+        self._bcum: list[np.ndarray] = [np.empty(0)] * self.n_layers
+
+        def work(l: int) -> None:
+            view = self.views[l]
+            np.negative(imp[self.offsets[l]:self.offsets[l + 1]], out=view)
+            view.sort()
+            m = view.size // BLOCK
+            cum = np.zeros(m + 1, dtype=np.float64)
+            if m:
+                blocks = view[:m * BLOCK].reshape(m, BLOCK).sum(axis=1, dtype=np.float64)
+                cum[1:] = np.cumsum(blocks.astype(np.longdouble)).astype(np.float64)
+            self._bcum[l] = cum
+
+        order = np.argsort(-self.sizes, kind="stable")  # big layers first: better balance
+        n_threads = default_threads(threads)
+        if n_threads == 1 or self.n_layers == 1:
+            for l in order:
+                work(int(l))
+        else:
+            with ThreadPoolExecutor(n_threads) as pool:
+                list(pool.map(work, order.tolist()))
+        self.first = np.array([-v[0] for v in self.views], dtype=np.float64)  # layer maxima
+
+    # ------------------------------------------------------------------ values and sums
+    def value(self, l: int, j: int) -> float:
+        """The j-th largest importance of layer l (0-based)."""
+        return -float(self.views[l][j])
+
+    def topsum(self, l: int, k: int) -> float:
+        """Sum of the k largest importances of layer l (float64; block prefix + partial block)."""
+        k = int(k)
+        if k <= 0:
+            return 0.0
+        q = k // BLOCK
+        rest = self.views[l][q * BLOCK:k]
+        part = float(np.sum(rest, dtype=np.float64)) if rest.size else 0.0
+        return -(float(self._bcum[l][q]) + part)
+
+    def topsums(self, counts: np.ndarray) -> np.ndarray:
+        """(L,) float64: ``topsum(l, counts[l])`` for every layer."""
+        return np.array([self.topsum(l, int(k)) for l, k in enumerate(counts)], dtype=np.float64)
+
+    def range_values(self, l: int, start: int, stop: int) -> np.ndarray:
+        """Importances of ranks start..stop-1 of layer l, descending, as float64."""
+        start, stop = max(0, int(start)), min(int(self.sizes[l]), int(stop))
+        if stop <= start:
+            return np.empty(0, dtype=np.float64)
+        return -self.views[l][start:stop].astype(np.float64)
+
+    # ------------------------------------------------------------------ counts
+    def counts_gt(self, thresholds: np.ndarray) -> np.ndarray:
+        """(L,) int64: ``#{i in l : I_i > thresholds[l]}``."""
+        keys = _round_keys(self.dtype, -np.asarray(thresholds, dtype=np.float64), up=True)
+        ss = np.searchsorted
+        return np.fromiter((ss(v, k, "left") for v, k in zip(self.views, keys)),
+                           dtype=np.int64, count=self.n_layers)
+
+    def counts_ge(self, thresholds: np.ndarray) -> np.ndarray:
+        """(L,) int64: ``#{i in l : I_i >= thresholds[l]}``."""
+        keys = _round_keys(self.dtype, -np.asarray(thresholds, dtype=np.float64), up=False)
+        ss = np.searchsorted
+        return np.fromiter((ss(v, k, "right") for v, k in zip(self.views, keys)),
+                           dtype=np.int64, count=self.n_layers)
+
+    def select(self, shifts: np.ndarray, K: int, w_min: float = 0.0
+               ) -> tuple[float, np.ndarray, np.ndarray]:
+        """Smallest float w >= w_min with ``sum_l #{I > fl(shifts_l + w)} <= K``.
+
+        Returns (w, counts at w, counts at the float just below w); their difference are the
+        items whose reduced value ``I - shift`` equals w in the threshold model (the ties).
+        Exact: value bisection until at most a few thousand items lie between the bracket
+        ends, then the flip points of those items are computed and sorted.
+        """
+        shifts = np.asarray(shifts, dtype=np.float64)
+        w_lo = float(w_min)
+        c_lo = self.counts_gt(shifts + w_lo)
+        if int(c_lo.sum()) <= K:
+            below = math.nextafter(w_lo, -math.inf)
+            return w_lo, c_lo, self.counts_gt(shifts + below)
+        # an upper end where nothing is counted
+        w_hi = max(w_lo, float(np.max(self.first - shifts)))
+        w_hi = max(w_hi * (1 + 1e-12), math.nextafter(w_hi, math.inf))
+        c_hi = self.counts_gt(shifts + w_hi)
+        while int(c_hi.sum()) > K:  # pragma: no cover - rounding guard
+            w_hi = w_hi * 2 + 1.0
+            c_hi = self.counts_gt(shifts + w_hi)
+        n_lo, n_hi = int(c_lo.sum()), int(c_hi.sum())
+        step = 0
+        while n_lo - n_hi > _GATHER:
+            if step % 2 == 0 and n_lo > n_hi:
+                # interpolate the count linearly (regula falsi), kept away from the ends
+                t = (n_lo - K - 0.5) / (n_lo - n_hi)
+                t = min(max(t, 0.02), 0.98)
+                mid = w_lo + (w_hi - w_lo) * t
+            else:
+                mid = 0.5 * (w_lo + w_hi)
+            step += 1
+            if not w_lo < mid < w_hi:
+                break
+            c_mid = self.counts_gt(shifts + mid)
+            n_mid = int(c_mid.sum())
+            if n_mid > K:
+                w_lo, c_lo, n_lo = mid, c_mid, n_mid
+            else:
+                w_hi, c_hi, n_hi = mid, c_mid, n_mid
+        # exact finish: the items counted at w_lo but not at w_hi, and their flip points
+        flips = []
+        for l in np.flatnonzero(c_lo > c_hi):
+            a = self.range_values(int(l), int(c_hi[l]), int(c_lo[l]))
+            flips.append(_flip_points(a, float(shifts[l])))
+        cand = np.sort(np.concatenate(flips))[::-1]   # descending
+        # count(w) = n_hi + #{flip > w}; need <= K  ->  w >= the (K - n_hi + 1)-th largest flip
+        r = K - n_hi
+        w = float(cand[r]) if r < cand.size else w_lo
+        w = max(w, float(w_min))
+        c_w = self.counts_gt(shifts + w)
+        c_below = self.counts_gt(shifts + math.nextafter(w, -math.inf))
+        # rounding guard: move up until the count condition holds (a no-op in practice)
+        while int(c_w.sum()) > K:  # pragma: no cover
+            w = math.nextafter(w, math.inf)
+            c_below, c_w = c_w, self.counts_gt(shifts + w)
+        return w, c_w, c_below
+
+    # ------------------------------------------------------------------ masks
+    def mask_from_counts(self, instance: PruningInstance, counts: Sequence[int]) -> np.ndarray:
+        """Keep the k_l largest importances of every layer (ties: lowest index first)."""
+        imp = instance.importance
+        mask = np.zeros(imp.size, dtype=bool)
+        for l, k in enumerate(counts):
+            k = int(k)
+            n = int(self.sizes[l])
+            lo, hi = int(self.offsets[l]), int(self.offsets[l + 1])
+            if k <= 0:
+                continue
+            if k >= n:
+                mask[lo:hi] = True
+                continue
+            tau = self.views[l][k - 1]           # negated k-th largest, in the input dtype
+            layer, out = imp[lo:hi], mask[lo:hi]
+            n_ge = int(np.searchsorted(self.views[l], tau, "right"))
+            np.greater_equal(layer, -tau, out=out)
+            if n_ge > k:                          # too many ties at the threshold: drop the last
+                ties = np.flatnonzero(layer == -tau)
+                out[ties[ties.size - (n_ge - k):]] = False
+        return mask
+
+
+def _flip_points(a: np.ndarray, shift: float) -> np.ndarray:
+    """For each importance a, the smallest float w with ``fl(shift + w) >= a`` (a stops counting)."""
+    w = a - shift
+    for _ in range(4):                            # fl(shift + w) may miss a by an ulp
+        low = (shift + w) < a
+        if not low.any():
+            break
+        w[low] = np.nextafter(w[low], np.inf)
+    for _ in range(4):
+        prev = np.nextafter(w, -np.inf)
+        ok = (shift + prev) >= a
+        if not ok.any():
+            break
+        w[ok] = prev[ok]
+    return w
+
+
+class ExactRows:
+    """Per-layer costs and budgets scaled to integers: exact feasibility of count vectors.
+
+    Row r: ``cost[l] = num[r][l] / den[r]`` exactly; ``cap[r] = floor(budget_r * den[r])``
+    (None for an infinite budget). Counts are integers, so ``sum_l cost * k <= budget``
+    iff ``sum_l num * k <= cap``.
+    """
+
+    def __init__(self, costs: np.ndarray, budgets: Sequence[float]) -> None:
+        self.n_rows = costs.shape[1]
+        self.num: list[np.ndarray] = []
+        self.cap: list[int | None] = []
+        self.den: list[int] = []
+        for r in range(self.n_rows):
+            fr = [Fraction(float(c)) for c in costs[:, r]]
+            b = float(budgets[r])
+            den = max([f.denominator for f in fr] + ([Fraction(b).denominator] if math.isfinite(b) else []))
+            num = [int(f * den) for f in fr]
+            big = max(num, default=0) * (1 << 40) >= (1 << 62)
+            self.num.append(np.array(num, dtype=object if big else np.int64))
+            self.cap.append(math.floor(Fraction(b) * den) if math.isfinite(b) else None)
+            self.den.append(den)
+
+    def usage(self, counts: np.ndarray, r: int) -> int:
+        """Exact scaled use of row r (an int)."""
+        num = self.num[r]
+        k = np.asarray(counts)
+        if num.dtype == object:
+            return int(sum(int(a) * int(b) for a, b in zip(num, k) if b))
+        return int(np.dot(num, k.astype(np.int64)))
+
+    def slack(self, counts: np.ndarray, r: int) -> int | None:
+        """cap - usage (scaled ints; None = unbounded)."""
+        cap = self.cap[r]
+        return None if cap is None else cap - self.usage(counts, r)
+
+    def fits(self, counts: np.ndarray) -> bool:
+        return all(self.cap[r] is None or self.usage(counts, r) <= self.cap[r] for r in range(self.n_rows))

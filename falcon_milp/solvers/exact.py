@@ -1,0 +1,423 @@
+"""``exact``: proves optimality of the selection ILP at ResNet50 size.
+
+Layers with identical cost rows form a *class*; inside a class only the total count matters
+(keep the largest importances), so the ILP is over class counts k_c with the concave values
+``G_c(k)`` = sum of the k largest importances of the class.
+
+Certificate. For any multipliers (mu, w) >= 0 with dual value D and per-class thresholds
+``T_c = sum_r mu_r c_{c,r} + w``, every feasible count vector k satisfies the identity
+
+    value(k) = D - Pen(k),   Pen(k) = sum_c loss_c(k_c) + w * slack_nnz(k) + sum_r mu_r * slack_r(k),
+
+where ``loss_c(k) >= 0`` is the reduced value (``I - T_c``) of the weights kept below the
+threshold or dropped above it. All terms are >= 0, so a solution better than an incumbent with
+penalty P must have ``loss_c(k_c) <= P`` in every class: a *window* of counts around the LP
+counts, found from the sorted weights near each class threshold (reduced-cost fixing).
+
+Search. A depth-first search over the class counts inside the windows, classes with the
+smallest windows first; partial assignments whose accumulated loss already reaches the
+incumbent's penalty are pruned, the budgets are checked with exact integer arithmetic, the
+second-to-last class is scanned in one vectorised step and the last class takes the largest
+count that still fits (values only grow with the count). Every improvement shrinks P and with
+it all windows. When the search ends the incumbent is optimal: the returned bound is its value
+plus a float tolerance (relative ``SEARCH_TOL`` on penalties, plus float64 rounding), so the
+reported gap is below :data:`~falcon_milp.solvers.registry.OPTIMALITY_TOL` (1e-9).
+
+With more than two resource rows the same certificate and search are exact (the identity holds
+for any multipliers); only the multipliers come from the approximate cutting-plane LP, so the
+windows can be wider. On time limit (or ``max_nodes``) the incumbent is returned with the LP
+bound, status ``feasible``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..exceptions import SolverOptionError
+from ..instance import PruningInstance
+from .fast import EPS, LPSolution, Problem
+from .registry import RawSolution
+
+SEARCH_TOL = 1e-13
+"""Relative tolerance (times the dual value) on penalty comparisons in the search."""
+
+
+@dataclass
+class ClassWindow:
+    """One class near its threshold: counts lo..hi, value and loss of every count in between."""
+
+    members: np.ndarray      # layer ids
+    cost: list[int]          # scaled integer cost per row (rows 1..R-1)
+    size: int                # total weights
+    lo: int
+    hi: int
+    value: np.ndarray        # value[k - lo] = G(k) - G(lo), float64, length hi - lo + 1
+    loss: np.ndarray         # loss[k - lo] >= 0
+    zero: tuple[int, int]    # counts with loss 0: [zero0, zero1]
+    complete_lo: bool        # lo is the smallest count allowed by the loss budget (or 0)
+    complete_hi: bool
+    m: int                   # count at the threshold (strict)
+    inc_up: np.ndarray       # loss of dropping the 1st, 2nd, ... kept weight below m (ascending)
+    inc_dn: np.ndarray       # loss of adding the 1st, 2nd, ... weight above m (ascending)
+    fcost: list[float]       # cost per row (rows 1..R-1), as floats
+
+
+class Core:
+    """The class-count problem around an LP solution; windows from reduced costs; exact search."""
+
+    def __init__(self, prob: Problem, lp: LPSolution) -> None:
+        self.prob = prob
+        self.lp = lp
+        layers = prob.layers
+        keys: dict[tuple, list[int]] = {}
+        for l in range(prob.L):
+            keys.setdefault(tuple(prob.costs[l].tolist()), []).append(l)
+        self.classes = [np.array(m, dtype=np.int64) for m in keys.values()]
+        self.layer_class = np.empty(prob.L, dtype=np.int64)
+        for c, m in enumerate(self.classes):
+            self.layer_class[m] = c
+        thr = lp.shifts + lp.w
+        self.thr = thr
+        self.counts = layers.counts_gt(thr)
+        self.ties = layers.counts_gt(np.array([math.nextafter(t, -math.inf) for t in thr])) - self.counts
+        self.D = prob._dual_value(np.asarray(lp.mu), lp.w, lp.shifts, self.counts)
+        self.rows = list(range(1, prob.rows.n_rows))
+        self.windows: list[ClassWindow] = []
+
+    def layer_counts(self, class_counts: np.ndarray) -> np.ndarray:
+        """Per-layer counts keeping the k_c largest importances of every class (ties: layer order)."""
+        layers = self.prob.layers
+        out = np.zeros(self.prob.L, dtype=np.int64)
+        for c, members in enumerate(self.classes):
+            k = int(class_counts[c])
+            size = int(self.prob.sizes[members].sum())
+            if k <= 0:
+                continue
+            if k >= size:
+                out[members] = self.prob.sizes[members]
+                continue
+            shifts = np.full(self.prob.L, np.inf)
+            shifts[members] = 0.0
+            _, cnt, below = layers.select(shifts, k - 1, 0.0)
+            rest = k - int(cnt[members].sum())
+            for l in members:
+                t = min(int(below[l] - cnt[l]), rest)
+                out[l] = cnt[l] + t
+                rest -= t
+        return out
+
+    def class_counts(self, layer_counts: np.ndarray) -> np.ndarray:
+        return np.array([int(layer_counts[m].sum()) for m in self.classes], dtype=np.int64)
+
+    # ------------------------------------------------------------------ windows
+    def _gather(self, c: int, below: int, above: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Class items near the threshold: ``above`` largest-rank items kept at the threshold
+        (returned ascending by value, i.e. nearest first) and ``below`` next ones (descending)."""
+        layers = self.prob.layers
+        ups, downs = [], []
+        for l in self.classes[c]:
+            m = int(self.counts[l])
+            ups.append(layers.range_values(int(l), m - above, m))
+            downs.append(layers.range_values(int(l), m, m + below))
+        up = np.sort(np.concatenate(ups))[:above]                  # nearest (smallest) kept first
+        down = -np.sort(-np.concatenate(downs))[:below]            # nearest (largest) dropped first
+        m_c = int(self.counts[self.classes[c]].sum())
+        return up, down, m_c
+
+    def build_windows(self, budget: float, k_inc: np.ndarray) -> None:
+        """Windows of counts with loss <= budget (always containing the incumbent's counts)."""
+        self.windows = []
+        for c, members in enumerate(self.classes):
+            size = int(self.prob.sizes[members].sum())
+            T = float(self.thr[members[0]])
+            width = 256
+            while True:
+                up, down, m_c = self._gather(c, width, width)
+                up_loss = np.cumsum(up - T)                 # loss of keeping m_c - j items, j = 1..
+                dn_loss = np.cumsum(T - down)               # loss of keeping m_c + j items
+                # ties (reduced value ~0) first in the down list carry ~0 loss
+                n_up = int(np.searchsorted(up_loss, budget, "right"))
+                n_dn = int(np.searchsorted(dn_loss, budget, "right"))
+                up_done = n_up < up.size or up.size < width
+                dn_done = n_dn < down.size or down.size < width
+                need_up = m_c - int(k_inc[c]) if k_inc[c] < m_c else 0
+                need_dn = int(k_inc[c]) - m_c if k_inc[c] > m_c else 0
+                n_up, n_dn = max(n_up, need_up), max(n_dn, need_dn)
+                if up_done and dn_done and n_up <= up.size and n_dn <= down.size:
+                    break
+                width *= 4
+            lo, hi = m_c - n_up, m_c + n_dn
+            # values and losses for k = lo..hi
+            vals = np.concatenate([up[:n_up][::-1], down[:n_dn]])   # ranks lo..hi-1, descending
+            value = np.zeros(hi - lo + 1)
+            np.cumsum(vals, out=value[1:])
+            loss = np.concatenate([up_loss[:n_up][::-1], [0.0], dn_loss[:n_dn]])
+            loss = np.maximum(loss, 0.0)
+            z0 = m_c
+            z1 = m_c + int(np.sum(np.abs(down[:n_dn] - T) <= 4 * EPS * max(abs(T), 1e-300)))
+            cost = [int(self.prob.rows.num[r][members[0]]) for r in self.rows]
+            fcost = [float(self.prob.costs[members[0], r]) for r in self.rows]
+            self.windows.append(ClassWindow(members, cost, size, lo, hi, value, loss, (z0, z1),
+                                            up_done, dn_done, m_c,
+                                            np.maximum(up[:n_up] - T, 0.0),
+                                            np.maximum(T - down[:n_dn], 0.0), fcost))
+
+    # ------------------------------------------------------------------ search
+    def search(self, k_inc: np.ndarray, p_inc: float, deadline: float | None,
+               max_nodes: int | None) -> tuple[np.ndarray, float, bool, int]:
+        """Depth-first search for a count vector with penalty below the incumbent's.
+
+        Returns (best class counts, best penalty, finished, nodes).
+        """
+        W = self.windows
+        C = len(W)
+        R = len(self.rows)
+        caps = [self.prob.rows.cap[r] for r in self.rows]
+        S = self.prob.S
+        tol = SEARCH_TOL * max(abs(self.D), 1e-300)
+        order = sorted(range(C), key=lambda c: W[c].hi - W[c].lo)
+        last = order[-1]
+        pen = order[-2] if C >= 2 else None
+        enum = order[:-2] if C >= 2 else []
+        best_k = k_inc.copy()
+        # penalty relative to the incumbent: Pen(k) = p_inc - (V(k) - V(k_inc))
+        v_inc = sum(float(W[c].value[k_inc[c] - W[c].lo]) for c in range(C))
+        state = {"best": p_inc, "nodes": 0, "stopped": False, "v_best": v_inc}
+        # minimal use of the classes after depth j (for feasibility pruning)
+        tail = [c for c in order]
+        min_use = []
+        for j in range(len(enum) + 1):
+            rest = tail[j:]
+            min_use.append((sum(W[c].lo for c in rest),
+                            [sum(W[c].cost[i] * W[c].lo for c in rest) for i in range(R)]))
+        mu = {r: float(m) for r, m in zip(self.prob.active, self.lp.mu)}
+        rest_bounds = [_RestBound([W[c] for c in order[j:]], self.lp.w,
+                                  [mu.get(r, 0.0) for r in self.rows], caps, self.prob.rows.den[1:])
+                       for j in range(len(enum) + 1)]
+        last_w = W[last]
+        pen_w = W[pen] if pen is not None else None
+        big = any(cap is not None and _big(cap) for cap in caps) or any(
+            _big(max(w.cost[i] for w in W) * max(w.hi for w in W)) for i in range(R))
+
+        def leaf(k: np.ndarray, acc_loss: float, acc_val: float, used_s: int, used: list[int]) -> None:
+            budget = state["best"] + tol - acc_loss
+            if pen_w is None:
+                k2 = np.zeros(1, dtype=np.int64)
+                ev, el, c2 = np.zeros(1), np.zeros(1), [0] * R
+            else:
+                a, b = _allowed(pen_w, budget)
+                if a > b:
+                    return
+                k2 = np.arange(a, b + 1, dtype=np.int64)
+                ev, el, c2 = pen_w.value[k2 - pen_w.lo], pen_w.loss[k2 - pen_w.lo], pen_w.cost
+            kl = np.minimum(last_w.hi, (S - used_s) - k2)
+            for i in range(R):
+                if caps[i] is None:
+                    continue
+                room = (caps[i] - used[i]) - c2[i] * (k2.astype(object) if big else k2)
+                if last_w.cost[i] == 0:
+                    kl = np.where(np.asarray(room >= 0, dtype=bool), kl, -1)
+                else:
+                    q = room // last_w.cost[i]
+                    kl = np.minimum(kl, q).astype(np.int64) if big else np.minimum(kl, q)
+            ok = kl >= last_w.lo
+            if not ok.any():
+                return
+            idx = np.clip(kl - last_w.lo, 0, last_w.hi - last_w.lo)
+            ok &= (el + last_w.loss[idx]) <= budget
+            if not ok.any():
+                return
+            tot_val = np.where(ok, ev + last_w.value[idx], -np.inf)
+            j = int(np.argmax(tot_val))
+            v = acc_val + float(tot_val[j])
+            if v > state["v_best"]:
+                state["best"], state["v_best"] = p_inc - (v - v_inc), v
+                best_k[:] = k
+                if pen is not None:
+                    best_k[pen] = int(k2[j])
+                best_k[last] = int(kl[j])
+
+        def dfs(j: int, k: np.ndarray, acc_loss: float, acc_val: float, used_s: int, used: list[int]) -> None:
+            state["nodes"] += 1
+            if state["nodes"] % 2048 == 0:
+                if (deadline is not None and time.perf_counter() > deadline) or \
+                        (max_nodes is not None and state["nodes"] > max_nodes):
+                    state["stopped"] = True
+            if state["stopped"]:
+                return
+            if j and acc_loss + rest_bounds[j](S - used_s, used) > state["best"] + tol:
+                return
+            if j == len(enum):
+                leaf(k, acc_loss, acc_val, used_s, used)
+                return
+            c = enum[j]
+            wc = W[c]
+            rest_s, rest_use = min_use[j + 1]
+            for kc in _outward(wc):
+                loss = float(wc.loss[kc - wc.lo])
+                if acc_loss + loss > state["best"] + tol:
+                    break            # counts come by increasing loss: the rest is worse
+                us = used_s + kc
+                if us + rest_s > S:
+                    continue
+                nu = [u + wc.cost[i] * kc for i, u in enumerate(used)]
+                if any(caps[i] is not None and nu[i] + rest_use[i] > caps[i] for i in range(R)):
+                    continue
+                k[c] = kc
+                dfs(j + 1, k, acc_loss + loss, acc_val + float(wc.value[kc - wc.lo]), us, nu)
+                if state["stopped"]:
+                    return
+
+        k0 = k_inc.copy()
+        dfs(0, k0, 0.0, 0.0, 0, [0] * R)
+        return best_k, state["best"], not state["stopped"], state["nodes"]
+
+
+class _RestBound:
+    """Lower bound on the loss + slack penalty of the classes not yet fixed.
+
+    With residual budgets (rho_S, rho_r) the free classes must change their total count by
+    ``Delta = rho_S - sum m_c`` minus an NNZ slack s (penalty w per unit), and their use of row r
+    by ``Delta_r = rho_r - sum c_r m_c`` minus a slack (penalty mu_r per unit). Each alone gives a
+    bound: the cheapest |Delta| count increments of the free classes (slack capped at w), and the
+    fractional-knapsack cost of Delta_r units of row r (increments sorted by loss per unit,
+    capped at mu_r). The larger one is returned.
+    """
+
+    def __init__(self, windows: list[ClassWindow], w: float, mu: list[float],
+                 caps: list[int | None], dens: list[int]) -> None:
+        self.m = sum(wc.m for wc in windows)
+        dn = np.sort(np.concatenate([wc.inc_dn for wc in windows] + [np.empty(0)]))
+        up = np.sort(np.concatenate([wc.inc_up for wc in windows] + [np.empty(0)]))
+        self.dn = np.concatenate([[0.0], np.cumsum(np.minimum(dn, w))])
+        self.up = np.concatenate([[0.0], np.cumsum(up)])
+        self.w = w
+        self.cap_of = caps
+        self.rows = []
+        for i, cap in enumerate(caps):
+            if cap is None:
+                continue
+            base = sum(wc.cost[i] * wc.m for wc in windows)
+            parts = {}
+            for side in ("dn", "up"):
+                inc, fl = [], []
+                for wc in windows:
+                    f = wc.fcost[i]
+                    if f > 0:
+                        arr = wc.inc_dn if side == "dn" else wc.inc_up
+                        inc.append(arr / f)
+                        fl.append(np.full(arr.size, f))
+                rate = np.concatenate(inc + [np.empty(0)])
+                fls = np.concatenate(fl + [np.empty(0)])
+                o = np.argsort(rate, kind="stable")
+                rate, fls = rate[o], fls[o]
+                if side == "dn":
+                    rate = np.minimum(rate, mu[i])
+                parts[side] = (np.concatenate([[0.0], np.cumsum(fls)]),
+                               np.concatenate([[0.0], np.cumsum(rate * fls)]), rate)
+            self.rows.append((i, base, dens[i], mu[i], parts))
+
+    def __call__(self, room_s: int, used: list[int]) -> float:
+        d = room_s - self.m
+        if d >= 0:
+            n = self.dn.size - 1
+            b = float(self.dn[d]) if d <= n else float(self.dn[n]) + self.w * (d - n)
+        else:
+            b = float(self.up[-d]) if -d < self.up.size else math.inf
+        for i, base, den, mu_i, parts in self.rows:
+            if b == math.inf:
+                break
+            # caps are finite here; residual use of row i, in real units
+            delta = float(self._caps_minus(i, used) - base) / den
+            if delta >= 0:
+                cf, cl, rate = parts["dn"]
+                b = max(b, _knap(cf, cl, rate, delta, mu_i))
+            else:
+                cf, cl, rate = parts["up"]
+                b = max(b, _knap(cf, cl, rate, -delta, math.inf))
+        return b
+
+    def _caps_minus(self, i: int, used: list[int]) -> int:
+        return self.cap_of[i] - used[i]
+
+
+def _knap(cum_units: np.ndarray, cum_loss: np.ndarray, rate: np.ndarray, need: float,
+          beyond: float) -> float:
+    """Fractional-knapsack cost of ``need`` units; ``beyond`` per unit past the last item."""
+    if need <= 0:
+        return 0.0
+    j = int(np.searchsorted(cum_units, need, "left"))
+    if j >= cum_units.size:
+        extra = need - float(cum_units[-1])
+        return math.inf if beyond == math.inf else float(cum_loss[-1]) + beyond * extra
+    return float(cum_loss[j - 1]) + (need - float(cum_units[j - 1])) * float(rate[j - 1])
+
+
+def _big(x: int) -> bool:
+    return abs(x) >= (1 << 62)
+
+
+def _allowed(w: ClassWindow, budget: float) -> tuple[int, int]:
+    """Smallest and largest count of the window with loss <= budget (loss is V-shaped)."""
+    z0, z1 = w.zero
+    left = w.loss[: z0 - w.lo + 1]            # decreasing towards z0
+    right = w.loss[z1 - w.lo:]                 # increasing from z1
+    # first index in left with loss <= budget
+    a = w.lo + int(np.searchsorted(-left, -budget, "left"))
+    b = z1 + int(np.searchsorted(right, budget, "right")) - 1
+    return a, b
+
+
+def _outward(w: ClassWindow):
+    """Counts of the window by increasing loss (merging both sides of the zero-loss region)."""
+    z0, z1 = w.zero
+    for k in range(z0, z1 + 1):
+        yield k
+    i, j = z0 - 1, z1 + 1
+    while i >= w.lo or j <= w.hi:
+        li = w.loss[i - w.lo] if i >= w.lo else math.inf
+        lj = w.loss[j - w.lo] if j <= w.hi else math.inf
+        if li <= lj:
+            yield i
+            i -= 1
+        else:
+            yield j
+            j += 1
+
+
+def solve_exact(instance: PruningInstance, *, time_limit: float | None = None, rel_gap: float = 0.0,
+                threads: int | None = None, max_nodes: int | None = None) -> RawSolution:
+    """LP (breakpoint search) + rounding, reduced-cost windows, exact search over class counts."""
+    if max_nodes is not None and (isinstance(max_nodes, bool) or not isinstance(max_nodes, int) or max_nodes < 1):
+        raise SolverOptionError(f"`max_nodes` must be an integer >= 1; got {max_nodes!r}")
+    start = time.perf_counter()
+    deadline = None if time_limit is None else start + float(time_limit)
+    prob = Problem(instance, threads)
+    lp = prob.solve_lp()
+    k = prob.fill(lp.floor)
+    value = prob.value_of(k)
+    k, value = prob.exchange(k, value)
+    extra: dict[str, Any] = {"lp_bound": lp.bound, "lp_exact": lp.exact, "lp_iterations": lp.iterations}
+    gap0 = (lp.bound - value) / max(abs(value), 1e-12)
+    if gap0 <= rel_gap:
+        mask = prob.layers.mask_from_counts(instance, k)
+        return RawSolution(mask, lp.bound, "gap_limit" if gap0 > 0 else "optimal", extra)
+    core = Core(prob, lp)
+    kc = core.class_counts(k)
+    p_inc = core.D - value
+    budget = p_inc + SEARCH_TOL * abs(core.D)
+    core.build_windows(budget, kc)
+    extra["windows"] = [w.hi - w.lo + 1 for w in core.windows]
+    best, p_best, finished, nodes = core.search(kc, p_inc, deadline, max_nodes)
+    extra["nodes"] = nodes
+    layer_counts = k if np.array_equal(best, kc) else core.layer_counts(best)
+    mask = prob.layers.mask_from_counts(instance, layer_counts)
+    value = prob.value_of(layer_counts)
+    if finished:
+        bound = value + 64 * EPS * abs(value)
+        return RawSolution(mask, min(bound, lp.bound), "optimal", extra)
+    return RawSolution(mask, lp.bound, "time_limit", extra)
