@@ -41,12 +41,17 @@ def _check(instance: Any, kind: Any) -> None:
         raise SolverOptionError(f"`kind` must be one of {', '.join(KINDS)}; got {kind!r}")
 
 
-def build_spec(instance: PruningInstance, kind: str, exact: bool = False) -> LinearSpec:
-    """The solver-neutral arrays of formulation ``kind`` (what :func:`build_model` renders)."""
+def build_spec(instance: PruningInstance, kind: str, exact: bool = False, objective_scale: float = 1.0,
+               min_slope: float = 0.0) -> LinearSpec:
+    """The solver-neutral arrays of formulation ``kind`` (what :func:`build_model` renders).
+
+    ``objective_scale`` (a power of two) multiplies the importances; ``min_slope`` (compact only)
+    merges the epigraph cuts of tiny slopes into one relaxed cut (:func:`layer_breakpoints`).
+    """
     _check(instance, kind)
     if kind == "compact":
-        return compact_spec(instance, exact=exact)
-    return per_weight_spec(instance, relax=kind == "lp", exact=exact)
+        return compact_spec(instance, exact=exact, objective_scale=objective_scale, min_slope=min_slope)
+    return per_weight_spec(instance, relax=kind == "lp", exact=exact, objective_scale=objective_scale)
 
 
 def build_model(instance: PruningInstance, kind: str = "ilp", exact: bool = False):

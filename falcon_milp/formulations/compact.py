@@ -35,21 +35,38 @@ class Breakpoints:
     total: float         # g(n)
 
 
-def layer_breakpoints(importance: np.ndarray) -> Breakpoints:
-    """Breakpoints of the concave prefix sum of one layer's importances (sorted descending)."""
-    s = np.sort(np.asarray(importance, dtype=np.float64))[::-1]
+def layer_breakpoints(importance: np.ndarray, scale: float = 1.0, min_slope: float = 0.0) -> Breakpoints:
+    """Breakpoints of the concave prefix sum of one layer's importances (sorted descending, times ``scale``).
+
+    With ``min_slope > 0`` the cuts of the tail of positive slopes below ``min_slope`` (which a
+    solver would drop as too small matrix entries) are replaced by one cut of slope ``min_slope``
+    at the start of the tail: still an upper bound of g everywhere (a relaxation), over by at
+    most ``min_slope`` per kept tail weight; with t <= g(n) it is exact again at k = n.
+    """
+    s = np.sort(np.asarray(importance, dtype=np.float64))[::-1] * scale
     prefix = np.concatenate([[0.0], np.cumsum(s)])
     starts = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]]))
     slope = s[starts]
+    if min_slope > 0:
+        tail = np.flatnonzero((slope > 0) & (slope < min_slope))
+        if tail.size:
+            first = int(tail[0])
+            starts = starts[:first + 1]
+            slope = np.append(slope[:first], min_slope)
     rhs = prefix[starts] - slope * starts
     return Breakpoints(starts.astype(np.int64), slope, np.maximum(rhs, 0.0), float(prefix[-1]))
 
 
-def compact_spec(instance: PruningInstance, exact: bool = False) -> LinearSpec:
-    """The compact MILP as a :class:`LinearSpec`: columns ``k`` then ``t``, both indexed by group name."""
+def compact_spec(instance: PruningInstance, exact: bool = False, objective_scale: float = 1.0,
+                 min_slope: float = 0.0) -> LinearSpec:
+    """The compact MILP as a :class:`LinearSpec`: columns ``k`` then ``t``, both indexed by group name.
+
+    ``objective_scale`` (a power of two) multiplies every importance; ``min_slope``: see
+    :func:`layer_breakpoints` (the HiGHS solver uses it; user-facing models keep every cut).
+    """
     names = list(instance.names)
     n_groups = instance.n_groups
-    layers = [layer_breakpoints(a) for a in instance.importances]
+    layers = [layer_breakpoints(a, objective_scale, min_slope) for a in instance.importances]
     columns = [
         ColumnBlock("k", names, np.zeros(n_groups), instance.group_sizes.astype(np.float64), True,
                     np.zeros(n_groups), "k[l] = number of kept weights of group l (its most important)"),
@@ -97,6 +114,8 @@ def compact_spec(instance: PruningInstance, exact: bool = False) -> LinearSpec:
         "omitted_rows": [n for n in instance.resource_names if n not in kept],
         "inexact_rows": [r.name for r in rows if not r.exact and r.name not in limbed_names],
         "n_cuts": n_cuts,
+        "objective_scale": objective_scale,
+        "relaxed_tails": int(sum(bool(b.slope.size) and 0 < b.slope[-1] == min_slope for b in layers)),
     }
     return LinearSpec("compact", columns, row_blocks, notes)
 

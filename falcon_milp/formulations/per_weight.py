@@ -17,11 +17,15 @@ from .resources import budget_entries, limb_blocks, limb_split, resource_rows
 from .spec import ColumnBlock, LinearSpec, rows_from_lists
 
 
-def per_weight_spec(instance: PruningInstance, relax: bool = False, exact: bool = False) -> LinearSpec:
-    """The per-weight model as a :class:`LinearSpec`: column block ``z`` over all weights (flat order)."""
+def per_weight_spec(instance: PruningInstance, relax: bool = False, exact: bool = False,
+                    objective_scale: float = 1.0) -> LinearSpec:
+    """The per-weight model as a :class:`LinearSpec`: column block ``z`` over all weights (flat order).
+
+    ``objective_scale`` (a power of two, so exact) multiplies every importance.
+    """
     p = instance.n_weights
     columns = [ColumnBlock("z", range(p), np.asarray(0.0), np.asarray(1.0), not relax,
-                           instance.importance.astype(np.float64),
+                           instance.importance.astype(np.float64) * objective_scale,
                            "z[i] = 1 keeps weight i (groups concatenated in order)")]
     rows = resource_rows(instance)
     plain = [r for r in rows if r.exact or relax or not exact]
@@ -49,6 +53,7 @@ def per_weight_spec(instance: PruningInstance, relax: bool = False, exact: bool 
         columns += limb_cols
         row_blocks += limb_rows
     notes = _row_notes(instance, rows, limbed)
+    notes["objective_scale"] = objective_scale
     return LinearSpec("lp" if relax else "ilp", columns, row_blocks, notes)
 
 

@@ -59,6 +59,12 @@ PYOMO_MAX_NNZ = 50_000
 """``backend="auto"`` builds MILPs through Pyomo up to this many matrix nonzeros."""
 
 BACKENDS = ("auto", "pyomo", "highspy")
+OBJECTIVE_TARGET = 1024.0
+"""Importances are multiplied by the power of two that brings the largest near this value, so
+HiGHS's absolute tolerances (1e-7 on reduced costs, 1e-9 smallest matrix entry) bite less."""
+MIN_SLOPE = 1e-11
+"""Compact model: epigraph slopes below this (after scaling) are merged into one relaxed cut,
+since HiGHS drops matrix entries below its ``small_matrix_value`` (set to 1e-12)."""
 LP_INTEGRAL_TOL = 1e-9
 """An LP value z_i >= 1 - 1e-9 counts as kept; values in (1e-9, 1 - 1e-9) are fractional."""
 
@@ -136,7 +142,7 @@ def _new_highs():
 
 
 def _highs_options(kind: str, time_limit: float | None, rel_gap: float, threads: int | None) -> dict[str, Any]:
-    opts: dict[str, Any] = {"output_flag": False, "random_seed": 0}
+    opts: dict[str, Any] = {"output_flag": False, "random_seed": 0, "small_matrix_value": 1e-12}
     if kind == "lp":
         opts.update(presolve="off", solver="simplex")
     else:
@@ -193,7 +199,9 @@ def _run_highspy(spec: LinearSpec, opts: dict[str, Any], model_s: float) -> High
                          int(highspy.ObjSense.kMaximize), 0.0, a["cost"], a["lower"], a["upper"],
                          a["row_lower"], a["row_upper"], a["indptr"][:-1].astype(np.int32),
                          a["indices"].astype(np.int32), a["data"], integrality)
-    if status != highspy.HighsStatus.kOk:
+    if status == highspy.HighsStatus.kWarning:
+        log.debug("HiGHS accepted the %s model with a warning", spec.kind)
+    elif status != highspy.HighsStatus.kOk:
         raise SolverUnavailableError(f"HiGHS rejected the {spec.kind} model ({status})")
     t1 = time.perf_counter()
     _prepare_threads(opts)
@@ -352,10 +360,23 @@ def _remaining(time_limit: float | None, start: float) -> float | None:
     return max(1e-3, time_limit - (time.perf_counter() - start))
 
 
+def objective_scale(instance: PruningInstance) -> float:
+    """The power of two that brings the largest importance near :data:`OBJECTIVE_TARGET` (exact)."""
+    top = float(np.max(instance.importance)) if instance.n_weights else 0.0
+    if not top > 0:
+        return 1.0
+    return 2.0 ** int(np.clip(round(math.log2(OBJECTIVE_TARGET / top)), -200, 200))
+
+
+def _spec(instance: PruningInstance, kind: str, exact: bool = False) -> LinearSpec:
+    return build_spec(instance, kind, exact=exact, objective_scale=objective_scale(instance),
+                      min_slope=MIN_SLOPE if kind == "compact" else 0.0)
+
+
 def _solve_mip(instance: PruningInstance, kind: str, time_limit: float | None, rel_gap: float,
                threads: int | None, backend: str) -> RawSolution:
     start = time.perf_counter()
-    spec = build_spec(instance, kind)
+    spec = _spec(instance, kind)
     run = _run(spec, backend, _highs_options(kind, _remaining(time_limit, start), rel_gap, threads),
                time.perf_counter() - start)
     extra = run.extra()
@@ -367,7 +388,7 @@ def _solve_mip(instance: PruningInstance, kind: str, time_limit: float | None, r
         extra["max_integrality_violation"] = off
         if spec.notes["inexact_rows"] and not check_mask(instance, mask).feasible:
             # HiGHS's tolerance let through a point that breaks a budget exactly: solve the exact form
-            exact_spec = build_spec(instance, kind, exact=True)
+            exact_spec = _spec(instance, kind, exact=True)
             t = time.perf_counter()
             run2 = _run(exact_spec, backend,
                         _highs_options(kind, _remaining(time_limit, start), rel_gap, threads), 0.0)
@@ -380,7 +401,11 @@ def _solve_mip(instance: PruningInstance, kind: str, time_limit: float | None, r
         mask, extra["repaired"] = repair_mask(instance, mask)
     if termination == "optimal" and rel_gap > 0:
         termination = "gap_limit"
-    return RawSolution(mask, bound, termination, extra)
+    scale = spec.notes["objective_scale"]
+    extra["objective_scale"] = scale
+    if kind == "compact":
+        extra["relaxed_tails"] = spec.notes["relaxed_tails"]
+    return RawSolution(mask, bound / scale, termination, extra)
 
 
 def solve_ilp(instance: PruningInstance, *, time_limit: float | None = None, rel_gap: float = 0.0,
@@ -411,15 +436,17 @@ def solve_lp(instance: PruningInstance, *, time_limit: float | None = None, rel_
     basic solution. ``rel_gap`` does not apply to an LP."""
     backend = _check_options(dict(options), "highs-lp")
     start = time.perf_counter()
-    spec = build_spec(instance, "lp")
+    spec = _spec(instance, "lp")
     run = _run(spec, backend, _highs_options("lp", _remaining(time_limit, start), rel_gap, threads),
                time.perf_counter() - start)
     extra = run.extra()
-    extra.update(n_cols=spec.n_cols, n_rows=spec.n_rows, nnz=spec.nnz, lp_objective=run.objective)
+    scale = spec.notes["objective_scale"]
+    extra.update(n_cols=spec.n_cols, n_rows=spec.n_rows, nnz=spec.nnz, lp_objective=run.objective / scale,
+                 objective_scale=scale)
     arrays = spec.arrays()
     duals = run.row_duals if run.row_duals is not None else np.zeros(spec.n_rows)
     extra["bound_from_duals"] = run.row_duals is not None
-    bound = lagrangian_bound(arrays, np.abs(duals))
+    bound = lagrangian_bound(arrays, np.abs(duals)) / scale
     mask = None
     if run.values is not None and run.termination != "error":
         z = run.values[spec.column_block("z").cols]
