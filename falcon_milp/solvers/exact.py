@@ -168,82 +168,163 @@ class Core:
 
     # ------------------------------------------------------------------ search
     def search(self, k_inc: np.ndarray, p_inc: float, deadline: float | None,
-               max_nodes: int | None) -> tuple[np.ndarray, float, bool, int]:
+               max_nodes: int | None, band: bool = True) -> tuple[np.ndarray, float, bool, int]:
         """Depth-first search for a count vector with penalty below the incumbent's.
 
-        Returns (best class counts, best penalty, finished, nodes).
+        Classes are ordered by window size. The largest-window classes form the leaf: the
+        last one (C) takes the largest count that fits; the second-to-last (B) is scanned in
+        one vectorised step; with two binding rows (w > 0 and mu_1 > 0) the third-to-last (A)
+        is vectorised too and B is restricted to the band where both slacks stay cheap
+        (see :meth:`_band`). Returns (best class counts, best penalty, finished, nodes).
         """
         W = self.windows
         C = len(W)
         R = len(self.rows)
         caps = [self.prob.rows.cap[r] for r in self.rows]
+        dens = [self.prob.rows.den[r] for r in self.rows]
         S = self.prob.S
         tol = SEARCH_TOL * max(abs(self.D), 1e-300)
-        order = sorted(range(C), key=lambda c: W[c].hi - W[c].lo)
-        last = order[-1]
-        pen = order[-2] if C >= 2 else None
-        enum = order[:-2] if C >= 2 else []
+        order = sorted(range(C), key=lambda c: (W[c].hi - W[c].lo, c))
+        mu = {r: float(m) for r, m in zip(self.prob.active, self.lp.mu)}
+        mus = [mu.get(r, 0.0) for r in self.rows]
+        w = float(self.lp.w)
+        n_leaf = min(C, 3)
+        tail = order[C - n_leaf:]
+        # a three-class leaf needs two binding rows and different costs of B and C in row 1
+        use3 = False
+        if band and n_leaf == 3 and R >= 1 and caps[0] is not None and w > 0 and mus[0] > 0:
+            fB, fC = W[tail[1]].fcost[0], W[tail[2]].fcost[0]
+            use3 = fC > 0 and fB != fC
+        if n_leaf == 3 and not use3:
+            n_leaf = 2
+            tail = order[C - 2:]
+        enum = order[:C - n_leaf]
         best_k = k_inc.copy()
-        # penalty relative to the incumbent: Pen(k) = p_inc - (V(k) - V(k_inc))
         v_inc = sum(float(W[c].value[k_inc[c] - W[c].lo]) for c in range(C))
         state = {"best": p_inc, "nodes": 0, "stopped": False, "v_best": v_inc}
-        # minimal use of the classes after depth j (for feasibility pruning)
-        tail = [c for c in order]
         min_use = []
         for j in range(len(enum) + 1):
-            rest = tail[j:]
+            rest = order[j:]
             min_use.append((sum(W[c].lo for c in rest),
                             [sum(W[c].cost[i] * W[c].lo for c in rest) for i in range(R)]))
-        mu = {r: float(m) for r, m in zip(self.prob.active, self.lp.mu)}
-        rest_bounds = [_RestBound([W[c] for c in order[j:]], self.lp.w,
-                                  [mu.get(r, 0.0) for r in self.rows], caps, self.prob.rows.den[1:])
+        rest_bounds = [_RestBound([W[c] for c in order[j:]], w, mus, caps, dens)
                        for j in range(len(enum) + 1)]
-        last_w = W[last]
-        pen_w = W[pen] if pen is not None else None
         big = any(cap is not None and _big(cap) for cap in caps) or any(
-            _big(max(w.cost[i] for w in W) * max(w.hi for w in W)) for i in range(R))
+            _big(max(wc.cost[i] for wc in W) * max(wc.hi + 1 for wc in W) * 4) for i in range(R))
+        wl = W[tail[-1]]
 
-        def leaf(k: np.ndarray, acc_loss: float, acc_val: float, used_s: int, used: list[int]) -> None:
-            budget = state["best"] + tol - acc_loss
-            if pen_w is None:
-                k2 = np.zeros(1, dtype=np.int64)
-                ev, el, c2 = np.zeros(1), np.zeros(1), [0] * R
-            else:
-                a, b = _allowed(pen_w, budget)
-                if a > b:
-                    return
-                k2 = np.arange(a, b + 1, dtype=np.int64)
-                ev, el, c2 = pen_w.value[k2 - pen_w.lo], pen_w.loss[k2 - pen_w.lo], pen_w.cost
-            kl = np.minimum(last_w.hi, (S - used_s) - k2)
-            for i in range(R):
-                if caps[i] is None:
-                    continue
-                room = (caps[i] - used[i]) - c2[i] * (k2.astype(object) if big else k2)
-                if last_w.cost[i] == 0:
-                    kl = np.where(np.asarray(room >= 0, dtype=bool), kl, -1)
-                else:
-                    q = room // last_w.cost[i]
-                    kl = np.minimum(kl, q).astype(np.int64) if big else np.minimum(kl, q)
-            ok = kl >= last_w.lo
+        def finish(vals: np.ndarray, ok: np.ndarray, acc_val: float, k: np.ndarray,
+                   assign: list[tuple[int, np.ndarray]]) -> None:
             if not ok.any():
                 return
-            idx = np.clip(kl - last_w.lo, 0, last_w.hi - last_w.lo)
-            ok &= (el + last_w.loss[idx]) <= budget
-            if not ok.any():
-                return
-            tot_val = np.where(ok, ev + last_w.value[idx], -np.inf)
-            j = int(np.argmax(tot_val))
-            v = acc_val + float(tot_val[j])
+            tot = np.where(ok, vals, -np.inf)
+            j = np.unravel_index(int(np.argmax(tot)), tot.shape)
+            v = acc_val + float(tot[j])
             if v > state["v_best"]:
                 state["best"], state["v_best"] = p_inc - (v - v_inc), v
                 best_k[:] = k
-                if pen is not None:
-                    best_k[pen] = int(k2[j])
-                best_k[last] = int(kl[j])
+                for c, arr in assign:
+                    best_k[c] = int(arr[j])
+
+        def last_counts(kb: np.ndarray, room_s: Any, rooms: list[Any]) -> np.ndarray:
+            """Largest count of the last class that fits (vectorised, exact integers)."""
+            kl = np.minimum(wl.hi, room_s - kb)
+            for i in range(R):
+                if rooms[i] is None:
+                    continue
+                room = rooms[i] - W_cost_b[0][i] * kb
+                if wl.cost[i] == 0:
+                    kl = np.where(np.asarray(room >= 0, dtype=bool), kl, -1)
+                else:
+                    kl = np.minimum(kl, room // wl.cost[i])
+            return np.asarray(kl, dtype=np.int64) if big else kl
+
+        W_cost_b = [[0] * R]
+
+        def leaf2(k: np.ndarray, acc_loss: float, acc_val: float, used_s: int, used: list[int]) -> None:
+            budget = state["best"] + tol - acc_loss
+            if len(tail) == 1:
+                kb = np.zeros(1, dtype=np.int64)
+                vb, lb = np.zeros(1), np.zeros(1)
+                W_cost_b[0] = [0] * R
+            else:
+                wb = W[tail[0]]
+                lo, hi = _allowed(wb, budget)
+                if lo > hi:
+                    return
+                kb = np.arange(lo, hi + 1, dtype=np.int64)
+                vb, lb = wb.value[kb - wb.lo], wb.loss[kb - wb.lo]
+                W_cost_b[0] = wb.cost
+            kbx = kb.astype(object) if big else kb
+            rooms = [None if caps[i] is None else caps[i] - used[i] for i in range(R)]
+            kl = last_counts(kbx, S - used_s, rooms)
+            ok = kl >= wl.lo
+            idx = np.clip(kl - wl.lo, 0, wl.hi - wl.lo)
+            ok &= (lb + wl.loss[idx]) <= budget
+            assign = [(tail[-1], kl)] + ([(tail[0], kb)] if len(tail) == 2 else [])
+            finish(vb + wl.value[idx], ok, acc_val, k, assign)
+
+        def leaf3(k: np.ndarray, acc_loss: float, acc_val: float, used_s: int, used: list[int]) -> None:
+            budget = state["best"] + tol - acc_loss
+            wa, wb = W[tail[0]], W[tail[1]]
+            lo, hi = _allowed(wa, budget)
+            if lo > hi:
+                return
+            ka = np.arange(lo, hi + 1, dtype=np.int64)
+            la = wa.loss[ka - wa.lo]
+            # residuals after A (exact)
+            kax = ka.astype(object) if big else ka
+            room_s = (S - used_s) - kax
+            rooms = [None if caps[i] is None else (caps[i] - used[i]) - wa.cost[i] * kax for i in range(R)]
+            # band of B counts where the NNZ and row-1 slacks can stay within the budget
+            fB, fC = wb.fcost[0], wl.fcost[0]
+            slope = fB / fC - 1.0
+            d0 = np.asarray(room_s, dtype=np.float64) - np.asarray(rooms[0], dtype=np.float64) / dens[0] / fC
+            room_pen = np.maximum(budget - la, 0.0)
+            d_hi = room_pen / w              # D(b) = d0 + slope * b <= d_hi
+            d_lo = -room_pen / (mus[0] * fC)  # D(b) >= d_lo
+            if slope > 0:
+                b_lo, b_hi = (d_lo - d0) / slope, (d_hi - d0) / slope
+            else:
+                b_lo, b_hi = (d_hi - d0) / slope, (d_lo - d0) / slope
+            span = float(np.max(b_hi - b_lo)) if b_lo.size else 0.0
+            if not math.isfinite(span) or span > 64:
+                # wide band (small multipliers): one A count at a time
+                for a in ka.tolist():
+                    loss_a = float(wa.loss[a - wa.lo])
+                    if acc_loss + loss_a > state["best"] + tol:
+                        continue
+                    k[tail[0]] = a
+                    leaf2(k, acc_loss + loss_a, acc_val + float(wa.value[a - wa.lo]), used_s + a,
+                          [u + wa.cost[i] * a for i, u in enumerate(used)])
+                return
+            start = np.floor(b_lo * (1 - 1e-12) - 1e-9 * np.abs(b_lo)).astype(np.int64) - 1
+            width = int(math.ceil(span)) + 3
+            kb = start[:, None] + np.arange(width, dtype=np.int64)[None, :]
+            inside = (kb >= wb.lo) & (kb <= wb.hi)
+            kb = np.clip(kb, wb.lo, wb.hi)
+            lb = wb.loss[kb - wb.lo]
+            vb = wb.value[kb - wb.lo]
+            W_cost_b[0] = wb.cost
+            if big:
+                rs = np.asarray(room_s, dtype=object)[:, None]
+                rr = [None if r is None else np.asarray(r, dtype=object)[:, None] for r in rooms]
+                kl = last_counts(kb.astype(object), rs, rr)
+            else:
+                rr = [None if r is None else r[:, None] for r in rooms]
+                kl = last_counts(kb, room_s[:, None], rr)
+            ok = inside & (kl >= wl.lo)
+            idx = np.clip(kl - wl.lo, 0, wl.hi - wl.lo)
+            ok &= (la[:, None] + lb + wl.loss[idx]) <= budget
+            vals = wa.value[ka - wa.lo][:, None] + vb + wl.value[idx]
+            finish(vals, ok, acc_val, k, [(tail[0], np.broadcast_to(ka[:, None], kb.shape)),
+                                          (tail[1], kb), (tail[2], kl)])
+
+        leaf = leaf3 if n_leaf == 3 else leaf2
 
         def dfs(j: int, k: np.ndarray, acc_loss: float, acc_val: float, used_s: int, used: list[int]) -> None:
             state["nodes"] += 1
-            if state["nodes"] % 2048 == 0:
+            if state["nodes"] % 1024 == 0:
                 if (deadline is not None and time.perf_counter() > deadline) or \
                         (max_nodes is not None and state["nodes"] > max_nodes):
                     state["stopped"] = True
@@ -274,6 +355,8 @@ class Core:
 
         k0 = k_inc.copy()
         dfs(0, k0, 0.0, 0.0, 0, [0] * R)
+        if max_nodes is not None and state["nodes"] > max_nodes:
+            state["stopped"] = True
         return best_k, state["best"], not state["stopped"], state["nodes"]
 
 
@@ -389,9 +472,49 @@ def _outward(w: ClassWindow):
             j += 1
 
 
+@dataclass
+class CoreResult:
+    """Outcome of :func:`core_search`: per-layer counts, their value, whether the search ended."""
+
+    counts: np.ndarray
+    value: float
+    finished: bool
+    stopped_by: str          # "", "time_limit" or "iteration_limit"
+    nodes: int
+    windows: list[int]
+
+
+def core_search(prob: Problem, lp: LPSolution, counts: np.ndarray, value: float,
+                deadline: float | None = None, max_nodes: int | None = None,
+                band: bool = True) -> CoreResult:
+    """Improve the incumbent (per-layer counts, value) by the exact search over class counts.
+
+    ``finished`` means the search proved the returned counts optimal.
+    """
+    core = Core(prob, lp)
+    kc = core.class_counts(counts)
+    p_inc = core.D - value
+    core.build_windows(p_inc + SEARCH_TOL * abs(core.D), kc)
+    windows = [w.hi - w.lo + 1 for w in core.windows]
+    best, _, finished, nodes = core.search(kc, p_inc, deadline, max_nodes, band)
+    if not np.array_equal(best, kc):
+        new = core.layer_counts(best)
+        new_value = value + prob.value_delta(counts, new)
+        if new_value > value and prob.rows.fits(new) and int(new.sum()) <= prob.S:
+            counts, value = new, new_value
+    stopped = "" if finished else (
+        "time_limit" if deadline is not None and time.perf_counter() > deadline else "iteration_limit")
+    return CoreResult(counts, value, finished, stopped, nodes, windows)
+
+
 def solve_exact(instance: PruningInstance, *, time_limit: float | None = None, rel_gap: float = 0.0,
-                threads: int | None = None, max_nodes: int | None = None) -> RawSolution:
-    """LP (breakpoint search) + rounding, reduced-cost windows, exact search over class counts."""
+                threads: int | None = None, max_nodes: int | None = None,
+                band: bool = True) -> RawSolution:
+    """LP (breakpoint search) + rounding, reduced-cost windows, exact search over class counts.
+
+    ``max_nodes`` caps the search (then status ``feasible``, termination ``iteration_limit``);
+    ``band=False`` scans the three leaf classes without the two-row band (slower; for checks).
+    """
     if max_nodes is not None and (isinstance(max_nodes, bool) or not isinstance(max_nodes, int) or max_nodes < 1):
         raise SolverOptionError(f"`max_nodes` must be an integer >= 1; got {max_nodes!r}")
     start = time.perf_counter()
@@ -406,18 +529,10 @@ def solve_exact(instance: PruningInstance, *, time_limit: float | None = None, r
     if gap0 <= rel_gap:
         mask = prob.layers.mask_from_counts(instance, k)
         return RawSolution(mask, lp.bound, "gap_limit" if gap0 > 0 else "optimal", extra)
-    core = Core(prob, lp)
-    kc = core.class_counts(k)
-    p_inc = core.D - value
-    budget = p_inc + SEARCH_TOL * abs(core.D)
-    core.build_windows(budget, kc)
-    extra["windows"] = [w.hi - w.lo + 1 for w in core.windows]
-    best, p_best, finished, nodes = core.search(kc, p_inc, deadline, max_nodes)
-    extra["nodes"] = nodes
-    layer_counts = k if np.array_equal(best, kc) else core.layer_counts(best)
-    mask = prob.layers.mask_from_counts(instance, layer_counts)
-    value = prob.value_of(layer_counts)
-    if finished:
-        bound = value + 64 * EPS * abs(value)
+    res = core_search(prob, lp, k, value, deadline, max_nodes, bool(band))
+    extra.update(nodes=res.nodes, windows=res.windows)
+    mask = prob.layers.mask_from_counts(instance, res.counts)
+    if res.finished:
+        bound = res.value + 64 * EPS * abs(res.value)
         return RawSolution(mask, min(bound, lp.bound), "optimal", extra)
-    return RawSolution(mask, lp.bound, "time_limit", extra)
+    return RawSolution(mask, lp.bound, res.stopped_by, extra)

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from ..exceptions import SolverOptionError
 from ..instance import PruningInstance
 from .registry import OPTIMALITY_TOL, RawSolution
 from ._sorted import ExactRows, SortedLayers
@@ -372,16 +373,31 @@ def _theta(cap: int, u1: int, u2: int) -> Fraction:
 
 
 def solve_fast(instance: PruningInstance, *, time_limit: float | None = None, rel_gap: float = 0.0,
-               threads: int | None = None, exchange: bool = True) -> RawSolution:
-    """Exact LP (breakpoint search), floor + greedy fill + exchange search, certified bound."""
+               threads: int | None = None, search_nodes: int = 2000) -> RawSolution:
+    """Exact LP (breakpoint search), floor + greedy fill + exchange, a short core search; certified bound.
+
+    ``search_nodes``: node budget of the exact class-count search used as a local improvement
+    (0 turns it off); deterministic, unlike a time budget.
+    """
+    if isinstance(search_nodes, bool) or not isinstance(search_nodes, int) or search_nodes < 0:
+        raise SolverOptionError(f"`search_nodes` must be an integer >= 0; got {search_nodes!r}")
     prob = Problem(instance, threads)
     lp = prob.solve_lp()
     k = prob.fill(lp.floor)
     value = prob.value_of(k)
-    if exchange:
-        k, value = prob.exchange(k, value)
-    mask = prob.layers.mask_from_counts(instance, k)
+    k, value = prob.exchange(k, value)
+    extra: dict[str, Any] = {"lp_value": lp.lp_value, "lp_exact": lp.exact,
+                             "lp_iterations": lp.iterations,
+                             "multipliers": [float(m) for m in lp.mu], "w": lp.w, **lp.extra}
     gap = (lp.bound - value) / max(abs(value), 1e-12)
-    extra = {"lp_value": lp.lp_value, "lp_exact": lp.exact, "lp_iterations": lp.iterations,
-             "multipliers": [float(m) for m in lp.mu], "w": lp.w, **lp.extra}
-    return RawSolution(mask, lp.bound, "optimal" if gap <= OPTIMALITY_TOL else "heuristic", extra)
+    proven = gap <= OPTIMALITY_TOL
+    bound = lp.bound
+    if search_nodes and not proven and gap > rel_gap:
+        from .exact import core_search   # exact builds on this module
+        res = core_search(prob, lp, k, value, None, search_nodes)
+        k, value = res.counts, res.value
+        extra.update(search_nodes=res.nodes, search_finished=res.finished)
+        if res.finished:
+            bound, proven = min(bound, value + 64 * EPS * abs(value)), True
+    mask = prob.layers.mask_from_counts(instance, k)
+    return RawSolution(mask, bound, "optimal" if proven else "heuristic", extra)
