@@ -1,0 +1,128 @@
+"""``falcon-milp export``: write the pruning instance of a named architecture and checkpoint.
+
+Loaded by :mod:`falcon_milp.cli`; importing this module does not import torch (``run`` does).
+
+    falcon-milp export --arch mnist_mlp --importance obs --flops-fraction 0.3 -o mlp.npz
+    falcon-milp export --arch resnet20 --checkpoint r20.pt --data ~/cifar-10-batches-py \\
+        --importance flexrel --delta 0.5 --flops-fraction 0.3 --nnz-fraction 0.5 -o r20.npz
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+_ARCHS = ("resnet20", "mobilenetv1", "resnet50", "mnist_mlp", "mnist_cnn")  # = ARCHITECTURES keys
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``export`` options to ``parser``."""
+    parser.add_argument("--arch", required=True, choices=_ARCHS, help="architecture name")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="state_dict file (default: the bundled weights of mnist_mlp / mnist_cnn)")
+    parser.add_argument("--random-init", action="store_true",
+                        help="use randomly initialised weights (seeded by --seed) instead of a checkpoint")
+    parser.add_argument("--data", metavar="SPEC",
+                        help="calibration data for obs/flexrel: 'mnist5k' (default for MNIST networks), "
+                             "'random' (Gaussian inputs, random labels), or a directory holding the MNIST "
+                             "train-*-idx*-ubyte[.gz] files or the CIFAR-10 python batches")
+    parser.add_argument("--n-samples", type=int, default=1000, metavar="N",
+                        help="calibration examples drawn from the data (default 1000)")
+    parser.add_argument("--importance", default="magnitude", choices=("magnitude", "obs", "flexrel"))
+    parser.add_argument("--lam2", type=float, default=1e-3, help="obs: ridge term, H = X^T X + 2*lam2*I")
+    parser.add_argument("--delta", type=float, default=0.5, help="flexrel: weight of the relevance term")
+    parser.add_argument("--flops-fraction", type=float, default=None, metavar="F",
+                        help="FLOP budget as a fraction of the dense MACs, in [0, 1] (default: none)")
+    parser.add_argument("--nnz-fraction", type=float, default=None, metavar="F",
+                        help="nonzero budget as a fraction of the prunable weights, in [0, 1] (default: none)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration subset and random init")
+    parser.add_argument("--float64", action="store_true", help="store importances as float64 (default float32)")
+    parser.add_argument("-o", "--output", required=True, metavar="FILE", help="instance file (.npz)")
+
+
+def _load_data(spec: str | None, arch: str, n: int, seed: int) -> Any:
+    import torch
+
+    from . import OptionError
+    from .architectures import ARCHITECTURES
+    from .data import load_cifar10, load_mnist, load_mnist_5k, subset
+
+    arch_spec = ARCHITECTURES[arch]
+    if spec is None:
+        if arch_spec.dataset != "mnist":
+            return None
+        spec = "mnist5k"
+    if n < 1:
+        raise OptionError(f"`--n-samples` must be >= 1; got {n}")
+    if spec == "mnist5k":
+        x, y = load_mnist_5k()
+    elif spec == "random":
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn((n, *arch_spec.input_shape), generator=gen)
+        y = torch.randint(0, arch_spec.num_classes, (n,), generator=gen)
+    else:
+        root = Path(spec)
+        if not root.is_dir():
+            raise OptionError(f"`--data` must be 'mnist5k', 'random' or a directory; '{spec}' is neither")
+        if any((root / f"train-images-idx3-ubyte{s}").is_file() for s in ("", ".gz")):
+            x, y = load_mnist(root, "train")
+        elif (root / "data_batch_1").is_file() or (root / "cifar-10-batches-py").is_dir():
+            x, y = load_cifar10(root, "train")
+        else:
+            raise OptionError(f"`--data` directory '{spec}' holds no training data (MNIST "
+                              "train-images-idx3-ubyte[.gz] or CIFAR-10 data_batch_*); test sets are "
+                              "never used for calibration")
+    return subset(x, y, n, seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the model, score it, write the instance; print one summary line."""
+    import numpy as np
+
+    from ..io import save_instance
+    from . import OptionError
+    from .architectures import build_model, example_input, load_checkpoint, pretrained_path
+    from .export import check_fraction, export_instance
+
+    check_fraction(args.flops_fraction, "flops_fraction")
+    check_fraction(args.nnz_fraction, "nnz_fraction")
+    if args.checkpoint and args.random_init:
+        raise OptionError("give `--checkpoint` or `--random-init`, not both")
+    model = build_model(args.arch, seed=args.seed)
+    if args.checkpoint:
+        source = args.checkpoint
+        load_checkpoint(model, source)
+    elif args.random_init:
+        source = f"random init (seed {args.seed})"
+    else:
+        if args.arch not in ("mnist_mlp", "mnist_cnn"):
+            raise OptionError(f"`--checkpoint` is required for arch '{args.arch}' (no bundled weights); "
+                              "or pass --random-init")
+        source = pretrained_path(args.arch)
+        load_checkpoint(model, source)
+    model.eval()
+    data = None
+    if args.importance != "magnitude":
+        data = _load_data(args.data, args.arch, args.n_samples, args.seed)
+        if data is None:
+            raise OptionError(f"importance '{args.importance}' needs calibration data for arch "
+                              f"'{args.arch}': pass --data")
+    options: dict[str, Any] = {}
+    if args.importance == "obs":
+        options["lam2"] = args.lam2
+    elif args.importance == "flexrel":
+        options["delta"] = args.delta
+    inst = export_instance(
+        model, example_input(args.arch), args.importance, data,
+        nnz_fraction=args.nnz_fraction, flops_fraction=args.flops_fraction,
+        importance_options=options, dtype=np.float64 if args.float64 else np.float32,
+        metadata={"arch": args.arch, "checkpoint": str(source),
+                  "calibration_data": (args.data or "mnist5k") if data is not None else None,
+                  "seed": args.seed})
+    path = save_instance(inst, args.output)
+    nnz_frac = inst.max_nnz / inst.n_weights
+    flops_frac = inst.max_flops / inst.total_flops if inst.total_flops else float("nan")
+    print(f"wrote {path}: {inst.n_weights:,} weights in {inst.n_groups} groups, importance "
+          f"{args.importance}, budgets nnz {inst.max_nnz:,} ({nnz_frac:.1%}), flops "
+          f"{inst.max_flops:.6g} ({flops_frac:.1%})")
+    return 0
