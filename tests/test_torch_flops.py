@@ -1,4 +1,6 @@
 """FLOP cost per weight (falcon-method.md section 1): check values and FlopCounterMode cross-checks."""
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -147,3 +149,11 @@ def test_flat_weights_round_trip():
     assert torch.equal(model.fc1.weight.detach(), -split_flat(layers, w)[2])
     with pytest.raises(ModelError, match=r"^flat vector must have shape \(46608,\); got \(3,\)$"):
         split_flat(layers, torch.zeros(3))
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "mobilenetv1", "resnet50"])
+def test_matches_torch_free_layer_tables(arch):
+    from falcon_milp.synthetic import layer_table
+    layers = prunable_layers(build_model(arch, device="meta"), example_input(arch, device="meta"))
+    ours = [(l.name, l.n_weights, l.flops_per_weight, math.prod(l.shape[1:])) for l in layers]
+    assert ours == [tuple(row) for row in layer_table(arch)]
