@@ -75,7 +75,8 @@ EXACT = sorted(n for n, s in REGISTRY.items() if s.exact)
 def test_optimum_never_decreases_when_a_budget_grows(seed, grow):
     rng = np.random.default_rng(seed)
     inst = random_instance(rng, n_layers=int(rng.integers(1, 5)), max_size=12)
-    bigger = inst.with_budgets(**{grow: inst.budgets[0 if grow == "max_nnz" else 1] * 1.5 + 1})
+    grown = int(inst.max_nnz * 1.5) + 1 if grow == "max_nnz" else inst.max_flops * 1.5 + 1
+    bigger = inst.with_budgets(**{grow: grown})
     for solver in EXACT:
         a, b = solve(inst, solver=solver), solve(bigger, solver=solver)
         assert b.objective >= a.objective - 1e-9 * max(1.0, a.objective)

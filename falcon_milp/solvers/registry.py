@@ -54,11 +54,11 @@ class SolverSpec:
 
 _SPECS = [
     SolverSpec("highs-ilp", "falcon_milp.solvers.highs:solve_ilp", True,
-               "per-weight ILP through Pyomo + HiGHS branch-and-bound", max_weights=2_000_000),
+               "per-weight ILP by HiGHS branch-and-bound (Pyomo up to 50k nonzeros, highspy above)", max_weights=2_000_000),
     SolverSpec("highs-lp", "falcon_milp.solvers.highs:solve_lp", False,
-               "LP relaxation through Pyomo + HiGHS; mask = its integral part", max_weights=2_000_000),
+               "LP relaxation by HiGHS simplex (highspy); mask = its integral part", max_weights=2_000_000),
     SolverSpec("highs-compact", "falcon_milp.solvers.highs:solve_compact", True,
-               "compact per-layer MILP (one integer count per layer) through Pyomo + HiGHS"),
+               "compact per-layer MILP (one integer count per layer) by HiGHS (Pyomo up to 50k nonzeros, highspy above)"),
     SolverSpec("magnitude", "falcon_milp.solvers.greedy:solve_magnitude", False,
                "global top-S by importance, FLOP-unaware (bound: the NNZ-only optimum)",
                flop_aware=False),
