@@ -143,8 +143,9 @@ class SortedLayers:
                ) -> tuple[float, np.ndarray, np.ndarray]:
         """Smallest float w >= w_min with ``sum_l #{I > fl(shifts_l + w)} <= K``.
 
-        Returns (w, counts at w, counts at the float just below w); their difference are the
-        items whose reduced value ``I - shift`` equals w in the threshold model (the ties).
+        Returns (w, counts at w, counts just below w); their difference are the items whose
+        reduced value ``I - shift`` equals w in the threshold model (the ties). Below means at
+        the previous float of w, or, when w = w_min, at or above the threshold.
         Exact: value bisection until at most a few thousand items lie between the bracket
         ends, then the flip points of those items are computed and sorted.
         """
@@ -152,8 +153,8 @@ class SortedLayers:
         w_lo = float(w_min)
         c_lo = self.counts_gt(shifts + w_lo)
         if int(c_lo.sum()) <= K:
-            below = math.nextafter(w_lo, -math.inf)
-            return w_lo, c_lo, self.counts_gt(shifts + below)
+            # ties at w_min: the weights exactly at the threshold
+            return w_lo, c_lo, np.maximum(self.counts_ge(shifts + w_lo), c_lo)
         # an upper end where nothing is counted
         w_hi = max(w_lo, float(np.max(self.first - shifts)))
         w_hi = max(w_hi * (1 + 1e-12), math.nextafter(w_hi, math.inf))
