@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from falcon_milp import PruningInstance, load_instance, save_instance  # noqa: E402
 from falcon_milp.bench.harness import make_tasks, run_tasks  # noqa: E402
-from falcon_milp.bench.suite import (BestKnown, ManifestEntry, Suite, SuiteEntry,  # noqa: E402
+from falcon_milp.bench.suite import (BestKnown, ManifestEntry, SizeLimit, Suite, SuiteEntry,  # noqa: E402
                                      instances_root, parse_synthetic, problem_digest,
                                      read_manifest, synthetic_family, write_manifest)
 from falcon_milp.solvers import solver_names  # noqa: E402
@@ -183,7 +183,8 @@ QUICK = {
 QUICK_REAL = 2   # the quick suite takes the first QUICK_REAL real instances (by name)
 
 # solvers used to compute bounds, and the largest instance each gets (others: no limit)
-BOUND_SIZE_LIMITS = {"highs-ilp": 300_000, "highs-lp": 300_000, "highs-compact": 300_000}
+BOUND_SIZE_LIMITS = {"highs-ilp": SizeLimit(300_000), "highs-lp": SizeLimit(300_000),
+                     "highs-compact": SizeLimit(300_000)}
 
 
 # ----------------------------------------------------------------------------- steps

@@ -17,7 +17,7 @@ import pytest
 from falcon_milp import PruningInstance, save_instance
 from falcon_milp.bench import harness
 from falcon_milp.bench.records import FIELDS, identity, ordered, read_records
-from falcon_milp.bench.suite import BestKnown, SuiteEntry, read_manifest
+from falcon_milp.bench.suite import BestKnown, SizeLimit, SuiteEntry
 from falcon_milp.cli import main
 from falcon_milp.result import SolveResult
 from falcon_milp.solvers import registry, solver_names
@@ -250,15 +250,17 @@ def _tiny_entry(tmp_path: Path, best: BestKnown | None = None) -> SuiteEntry:
     return SuiteEntry("user/t", "user", str(path), best)
 
 
-def _task(entry: SuiteEntry, solver: str, size_limit: int | None = None) -> harness.Task:
+def _task(entry: SuiteEntry, solver: str, size_limit: SizeLimit | None = None) -> harness.Task:
     return harness.Task((0, 0, 0), entry, solver, 5.0, 1, size_limit, "test", "r")
 
 
 def test_skipped_and_error_runs_are_recorded(tmp_path, monkeypatch) -> None:
     entry = _tiny_entry(tmp_path)
-    rec = harness.run_task(_task(entry, "ratio-greedy", size_limit=3))
+    rec = harness.run_task(_task(entry, "ratio-greedy", size_limit=SizeLimit(3)))
     assert rec["status"] == "skipped"
     assert rec["reason"] == "suite 'test' gives 'ratio-greedy' instances of at most 3 weights; this one has 6"
+    rec = harness.run_task(_task(entry, "ratio-greedy", size_limit=SizeLimit(100, 1)))
+    assert rec["reason"] == "suite 'test' gives 'ratio-greedy' instances of at most 1 groups; this one has 2"
     spec = registry.REGISTRY["ratio-greedy"]
     monkeypatch.setitem(registry.REGISTRY, "ratio-greedy", dataclasses.replace(spec, max_weights=2))
     rec = harness.run_task(_task(entry, "ratio-greedy"))

@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     meta: dict[str, Any] = {
         "command": "falcon-milp bench " + " ".join(shlex.quote(a) for a in _argv_of(args)),
         "title": args.title, "suite": suite.name, "solvers": solvers, "time_limit": time_limit,
-        "size_limits": dict(suite.size_limits), "repeat": repeat, "jobs": jobs, "threads": threads,
+        "size_limits": {k: v.to_json() for k, v in suite.size_limits.items()}, "repeat": repeat, "jobs": jobs, "threads": threads,
         "n_tasks": len(tasks) + len(done), "run_id": run_id, "machine": _machine(),
         "versions": _versions(), "started": _dt.datetime.now().isoformat(timespec="seconds"),
         "notes": notes, "resumed_records": len(done),

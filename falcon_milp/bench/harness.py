@@ -45,7 +45,7 @@ from ..instance import PruningInstance
 from ..result import check_mask
 from ..solvers.registry import get_solver, solve
 from .records import RECORD_SCHEMA, jsonable
-from .suite import BestKnown, Suite, SuiteEntry, problem_digest
+from .suite import BestKnown, SizeLimit, Suite, SuiteEntry, problem_digest
 
 CHECK_RTOL = 1e-9
 """Relative tolerance of the objective / bound checks (floor 1e-12 absolute)."""
@@ -61,7 +61,7 @@ class Task:
     solver: str
     time_limit: float | None
     threads: int | None
-    size_limit: int | None = None
+    size_limit: SizeLimit | None = None
     suite: str = ""
     run_id: str = ""
     options: dict[str, Any] = field(default_factory=dict)
@@ -272,10 +272,10 @@ def run_task(task: Task) -> dict[str, Any]:
         best = None
         rec.update(best_lower=None, best_upper=None, best_lower_by=[], best_upper_by=[],
                    best_optimal=False)
-    if task.size_limit is not None and inst.n_weights > task.size_limit:
+    too_big = task.size_limit.refuses(inst.n_weights, inst.n_groups) if task.size_limit else None
+    if too_big:
         rec["status"] = "skipped"
-        rec["reason"] = (f"suite '{task.suite}' gives '{task.solver}' instances of at most "
-                         f"{task.size_limit:,} weights; this one has {inst.n_weights:,}")
+        rec["reason"] = f"suite '{task.suite}' gives '{task.solver}' instances of {too_big}"
         return rec
     probe = PeakMemory()
     t0 = time.perf_counter()
