@@ -29,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-samples", type=int, default=1000, metavar="N",
                         help="calibration examples drawn from the data (default 1000)")
     parser.add_argument("--importance", default="magnitude", choices=("magnitude", "obs", "flexrel"))
-    parser.add_argument("--lam2", type=float, default=1e-3, help="obs: ridge term, H = X^T X + 2*lam2*I")
+    parser.add_argument("--lam2", type=float, default=1e-4, help="obs: ridge term, H = X^T X + 2*lam2*I (default 1e-4)")
     parser.add_argument("--delta", type=float, default=0.5, help="flexrel: weight of the relevance term")
     parser.add_argument("--flops-fraction", type=float, default=None, metavar="F",
                         help="FLOP budget as a fraction of the dense MACs, in [0, 1] (default: none)")

@@ -69,7 +69,7 @@ def export_instance(model: nn.Module, example_input: Any, importance: str | Impo
     nnz_fraction, flops_fraction : budgets as fractions of the dense totals, in [0, 1]
         (instead of the absolute budget of the same resource).
     include : which modules are prunable (see :func:`prunable_layers`); or pass ``layers``.
-    importance_options : options for a scorer given by name (e.g. ``{"lam2": 1e-3}``).
+    importance_options : options for a scorer given by name (e.g. ``{"lam2": 1e-4}``).
     dtype : float32 (default: small files) or float64 importances.
     metadata : extra entries for the instance metadata (e.g. ``{"arch": "mnist_mlp"}``).
     """

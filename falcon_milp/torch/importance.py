@@ -18,7 +18,9 @@ obs (OBS / WoodFisher)
     which costs O(n^2 p) time and O(n^2 + n b) extra memory (columns in blocks of b), never
     p x p. Rounding is clipped to the exact bounds 1/(c + ||x_i||^2) <= [H^-1]_ii <= 1/c.
     When p <= n the p x p system is the smaller one and is solved directly (Cholesky).
-    X itself (n * p float32) is held in memory.
+    X itself (n * p float32) is held in memory. lam2 (default 1e-4) is absolute: compare it
+    with the Fisher diagonal, whose mean is 1.8e-3 for the bundled MNIST MLP and 7.4e-5 for
+    the CNN (1,000 training images); when 2*lam2 dominates it, OBS ranks like magnitude.
 
 flexrel (FlexRel-style, magnitude + relevance)
     score_i = (1 - delta) * w_i^2 / sum_j w_j^2 + delta * r_i / sum_j r_j,  delta in [0, 1].
@@ -130,7 +132,7 @@ class OBSImportance:
 
     kind = "obs"
 
-    def __init__(self, lam2: float = 1e-3, loss_fn: LossFn | None = None, chunk_size: int | None = None) -> None:
+    def __init__(self, lam2: float = 1e-4, loss_fn: LossFn | None = None, chunk_size: int | None = None) -> None:
         if isinstance(lam2, bool) or not isinstance(lam2, (int, float)) or not math.isfinite(lam2) or lam2 <= 0:
             raise OptionError(f"`lam2` must be a finite number > 0; got {lam2!r}")
         self.lam2 = float(lam2)
