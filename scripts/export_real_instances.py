@@ -27,6 +27,7 @@ from falcon_milp.torch.architectures import example_input, load_pretrained, pret
 from falcon_milp.torch.data import load_mnist, load_mnist_5k, subset
 from falcon_milp.torch.export import export_instance
 from falcon_milp.torch.flops import prunable_layers
+from falcon_milp.torch.gradients import per_sample_grads
 from falcon_milp.torch.importance import get_importance
 from falcon_milp.torch.masks import apply_mask, layer_usage
 from falcon_milp.torch.train import evaluate
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             scores = get_importance(kind, **opts)(model, layers, data)
             seconds = time.perf_counter() - t0
             scorer = get_importance(kind, **opts)
+            if kind == "obs":
+                _fisher_stats(arch, model, layers, data)
             for suffix, (ff, nf) in budgets.items():
                 # a scorer returning the precomputed scores keeps kind and options in the metadata
                 precomputed = _Precomputed(scorer, scores)
@@ -83,6 +86,14 @@ def main(argv: list[str] | None = None) -> int:
                     row += _evaluate(arch, inst, args.evaluate, x, test)
                 print(row, flush=True)
     return 0
+
+
+def _fisher_stats(arch: str, model, layers, data) -> None:
+    """Print (stderr) the scale of the empirical Fisher diagonal, to compare with 2*lam2."""
+    G = per_sample_grads(model, *data, layers)
+    diag = (G.double() ** 2).sum(0).numpy() / G.shape[0]
+    print(f"{arch}: empirical Fisher diagonal over {G.shape[0]} images: mean {diag.mean():.3g}, "
+          f"median {np.median(diag):.3g}, max {diag.max():.3g}", file=sys.stderr)
 
 
 def _evaluate(arch: str, inst, solver: str, x: torch.Tensor, test) -> str:

@@ -20,7 +20,8 @@ obs (OBS / WoodFisher)
     When p <= n the p x p system is the smaller one and is solved directly (Cholesky).
     X itself (n * p float32) is held in memory. lam2 (default 1e-4) is absolute: compare it
     with the Fisher diagonal, whose mean is 1.8e-3 for the bundled MNIST MLP and 7.4e-5 for
-    the CNN (1,000 training images); when 2*lam2 dominates it, OBS ranks like magnitude.
+    the CNN (1,000 training images; scripts/export_real_instances.py prints it); when 2*lam2
+    dominates it, OBS ranks like magnitude.
 
 flexrel (FlexRel-style, magnitude + relevance)
     score_i = (1 - delta) * w_i^2 / sum_j w_j^2 + delta * r_i / sum_j r_j,  delta in [0, 1].
