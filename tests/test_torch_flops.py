@@ -93,6 +93,28 @@ def test_odd_layers_against_counter_and_by_hand():
     assert dense_flops(layers) == counter_macs(model, x) // 3  # counter counts the whole batch
 
 
+class DataDependent(nn.Module):
+    """Cannot run on the meta device (a Python branch on a value): the real pass is used."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, stride=2)
+        self.fc = nn.Linear(2, 3)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if float(x.sum()) > -1e9:
+            x = x.mean((2, 3))
+        return self.fc(x)
+
+
+def test_data_dependent_forward_falls_back_to_real_pass():
+    model = DataDependent().train()
+    layers = prunable_layers(model, torch.zeros(2, 1, 9, 9))
+    assert [(l.name, l.flops_per_weight) for l in layers] == [("conv", 16), ("fc", 1)]
+    assert model.training
+
+
 def test_unbatched_linear_and_batch_size():
     model = nn.Sequential(nn.Linear(5, 3))
     assert prunable_layers(model, torch.zeros(5))[0].flops_per_weight == 1

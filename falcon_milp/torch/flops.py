@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.nn.utils import parametrize
 
 from . import InputShapeError, ModelError, NoPrunableLayerError
@@ -114,6 +115,25 @@ def run_forward(model: nn.Module, example_input: Any) -> Any:
         model.train(was_training)
 
 
+def _meta_forward(model: nn.Module, example_input: Any) -> bool:
+    """Run the forward pass on the ``meta`` device (shapes only, no arithmetic) with every
+    parameter and buffer swapped for a meta tensor; False when some operation of the model
+    cannot run there (data-dependent control flow, ops without meta kernels)."""
+    state = {k: torch.empty_like(v, device="meta")
+             for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    args = tuple(a.to("meta") if isinstance(a, torch.Tensor) else a for a in _as_args(example_input))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            functional_call(model, state, args)
+        return True
+    except Exception:  # noqa: BLE001 - any failure: fall back to the real forward pass
+        return False
+    finally:
+        model.train(was_training)
+
+
 def _selector(include: Include) -> tuple[Callable[[str, nn.Module], bool], set[str] | None]:
     """A predicate on (name, module) and, for a list of names, the names asked for."""
     if include is None:
@@ -142,7 +162,9 @@ def prunable_layers(model: nn.Module, example_input: Any, include: Include = Non
     ----------
     model : any ``nn.Module`` (any device, ``meta`` included: only shapes are used).
     example_input : a tensor (or tuple of positional tensors) that ``model`` accepts; its first
-        dimension is the batch (costs are per example).
+        dimension is the batch (costs are per example). The pass runs on the ``meta`` device
+        (shapes only, fast even for ResNet50) and falls back to a real pass in eval mode without
+        gradients when the model cannot run there.
     include : which modules are prunable (their ``weight``): None = every Conv1d, Conv2d and
         Linear; a sequence of module types (Conv1d/2d/3d, Linear or subclasses); an iterable of
         qualified module names; or a callable ``(name, module) -> bool`` applied to
@@ -190,7 +212,10 @@ def prunable_layers(model: nn.Module, example_input: Any, include: Include = Non
 
     handles = [m.register_forward_hook(hook) for _, m in chosen]
     try:
-        run_forward(model, example_input)
+        if not _meta_forward(model, example_input):
+            for key in uses:  # a partial meta pass may have counted some uses
+                uses[key] = 0
+            run_forward(model, example_input)
     finally:
         for h in handles:
             h.remove()

@@ -75,8 +75,16 @@ def _check_data(kind: str, data: Any) -> Data:
 
 
 def _squares(layers: Sequence[PrunableLayer]) -> np.ndarray:
-    w = flat_weights(layers).numpy().astype(np.float64)
-    return w * w  # exact: a float32 squared fits in float64
+    """(p,) float64 w_i^2, written layer by layer (exact: a float32 squared fits in float64)."""
+    out = np.empty(sum(l.n_weights for l in layers), dtype=np.float64)
+    start = 0
+    for layer in layers:
+        part = out[start:start + layer.n_weights]
+        w = layer.weight.detach().reshape(-1).cpu()
+        part[:] = (w if w.dtype in (torch.float32, torch.float64) else w.to(torch.float64)).numpy()
+        np.square(part, out=part)
+        start += layer.n_weights
+    return out
 
 
 class MagnitudeImportance:
