@@ -108,3 +108,12 @@ def test_custom_scorer_and_errors():
         export_instance(nn.Sequential(nn.Flatten()), x)
     with pytest.raises(InputShapeError, match=r"^`example_input` of shape \(1, 1, 27, 28\) does not fit MNISTMLP: "):
         export_instance(model, torch.zeros(1, 1, 27, 28))
+
+
+def test_package_lazy_names_resolve():
+    import falcon_milp.torch as ft
+    for name in ft.__all__:
+        assert getattr(ft, name) is not None, name
+    assert ft.export_instance is export_instance
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        ft.nope
