@@ -107,11 +107,14 @@ class Problem:
             return np.zeros(self.L)
         return self.costs[:, self.active] @ np.asarray(mu, dtype=np.float64)
 
-    def evaluate(self, mu: np.ndarray) -> DualPoint:
-        """phi(mu) = min_w D(mu, w) with the minimising w and the counts there."""
+    def evaluate(self, mu: np.ndarray, hint: tuple[float, float] | None = None) -> DualPoint:
+        """phi(mu) = min_w D(mu, w) with the minimising w and the counts there.
+
+        ``hint``: two values expected to bracket the minimising w (a speed-up only).
+        """
         mu = np.asarray(mu, dtype=np.float64)
         shifts = self.shifts(mu)
-        w, counts, below = self.layers.select(shifts, self.S, 0.0)
+        w, counts, below = self.layers.select(shifts, self.S, 0.0, hint)
         ties = below - counts
         value = self._dual_value(mu, w, shifts, counts)
         return DualPoint(mu, w, value, counts, ties, shifts)
@@ -298,7 +301,8 @@ class Problem:
                 # in exact arithmetic): that end is the minimum
                 return self._finish(best, lo_min, hi_max, _theta(cap, lo_umin, hi_umax), True,
                                     steps, lam=float(best.mu[0]))
-            pt = self.evaluate(np.array([x]))
+            # w(lam) does not increase with lam: w(b) <= w(x) <= w(a)
+            pt = self.evaluate(np.array([x]), hint=(hi.w, math.nextafter(lo.w, math.inf)))
             steps += 1
             if pt.value <= best.value:
                 best = pt
