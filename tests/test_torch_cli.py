@@ -105,3 +105,9 @@ def test_errors_one_line_exit_2(argv, message, tmp_path, capsys):
     assert err.count("\n") == 1, err
     assert __import__("re").match(r"^falcon-milp export: error: " + message, err), err
     assert not (tmp_path / "out.npz").exists()
+
+
+def test_cli_arch_choices_match_registry():
+    from falcon_milp.torch.architectures import ARCHITECTURES
+    from falcon_milp.torch.commands import _ARCHS
+    assert list(_ARCHS) == list(ARCHITECTURES)
