@@ -2,9 +2,9 @@
 
 Every measurement runs in its own subprocess (fresh interpreter, instance regenerated
 deterministically from its seed) so that its peak memory can be read from the kernel
-(``VmHWM`` after resetting it just before the solve; ``ru_maxrss`` as a fallback). Times are
-the solver's own wall time (``SolveResult.runtime_s``: instance building and the exact mask
-check of :func:`falcon_milp.solve` excluded). The solvers of one instance run one after the
+(``VmHWM`` after resetting it just before the solver starts; ``ru_maxrss`` as a fallback).
+Times and memory are the solver's own (as ``SolveResult.runtime_s``: instance building and the
+exact mask check that :func:`falcon_milp.solve` runs afterwards are excluded). The solvers of one instance run one after the
 other in the same benchmark run, so their ratios are side by side.
 
     .venv/bin/python benchmarks/bench_scale.py            # full run (about 20-25 min on 2 cores)
@@ -50,10 +50,13 @@ def _rss_kb(field: str) -> int | None:
 
 
 def child(spec: dict) -> dict:
-    """Build the instance of ``spec``, run one solver, return the record (runs in a subprocess)."""
-    import numpy as np
+    """Build the instance of ``spec``, run one solver, return the record (runs in a subprocess).
 
-    from falcon_milp import solve
+    Does what :func:`falcon_milp.solve` does (solver function, then the exact check in
+    ``registry.finish``) in two steps, so that the solver's own peak memory is measured
+    before the check runs.
+    """
+    from falcon_milp.solvers.registry import finish, get_solver
     from falcon_milp.synthetic import arch_instance, random_layered
 
     if spec["kind"] == "arch":
@@ -61,6 +64,9 @@ def child(spec: dict) -> dict:
     else:
         inst = random_layered(spec["n_weights"], spec["n_layers"], seed=spec["seed"],
                               nnz_fraction=spec["nnz"], flops_fraction=spec["flops"])
+    solver = get_solver(spec["solver"])
+    func = solver.load()                       # imports happen before the measurement
+    options = {"time_limit": spec.get("time_limit"), "rel_gap": 0.0, "threads": None}
     rss_before = _rss_kb("VmRSS")
     hwm_reset = False
     try:
@@ -70,15 +76,16 @@ def child(spec: dict) -> dict:
     except OSError:
         pass
     start = time.perf_counter()
-    res = solve(inst, solver=spec["solver"], time_limit=spec.get("time_limit"))
-    wall = time.perf_counter() - start
+    raw = func(inst, **options)
+    runtime = time.perf_counter() - start
     peak = _rss_kb("VmHWM") if hwm_reset else None
     if peak is None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    res = finish(inst, solver, raw, runtime, options)
     keep = ("nodes", "windows", "lp_iterations", "golden_steps", "search_nodes", "search_finished")
     return {**spec, "n": inst.n_weights, "status": res.status, "termination": res.termination,
             "objective": res.objective, "bound": res.bound, "gap": res.gap,
-            "time": res.runtime_s, "wall": wall, "peak_mb": peak / 1024,
+            "time": res.runtime_s, "peak_mb": peak / 1024,
             "input_mb": inst.importance.nbytes / 2**20,
             "extra_mb": (peak - rss_before) / 1024 if rss_before is not None else None,
             "extra": {k: res.extra[k] for k in keep if k in res.extra}}
@@ -155,8 +162,11 @@ def scaling_tables(recs: list[dict]) -> list[str]:
     sep = "|---|" + "---|" * len(solvers)
     t_lines = ["Time in seconds (status in brackets when not optimal for exact solvers / "
                "not feasible for the others):", "", head, sep]
-    m_lines = ["Peak resident memory of the solving process in MiB (instance included; "
-               "input importances: float32):", "", "| weights | input | " + " | ".join(solvers) + " |",
+    m_lines = ["Memory in MiB: peak resident memory of the process while the solver runs (Python, "
+               "NumPy and the instance included), and in brackets the part added by the solver "
+               "(that peak minus the resident memory just before the solver starts). Input: the "
+               "float32 importances.", "",
+               "| weights | input | " + " | ".join(solvers) + " |",
                "|---|---|" + "---|" * len(solvers)]
     for n in sizes:
         tc, mc = [], []
@@ -167,13 +177,14 @@ def scaling_tables(recs: list[dict]) -> list[str]:
                 tc.append("")
                 mc.append("")
                 continue
-            inp = f"{r['input_mb']:.0f}" if "input_mb" in r else inp
+            inp = f"{r['input_mb']:.1f}" if "input_mb" in r else inp
             note = ""
             if r["status"] not in ("optimal", "feasible") or (
                     s in ("exact", "highs-ilp", "highs-compact") and r["status"] != "optimal"):
                 note = f" ({r['status']}{', ' + r['termination'] if r.get('termination') else ''})"
             tc.append(fmt_t(r.get("time")) + note)
-            mc.append(f"{r['peak_mb']:.0f}" if r.get("peak_mb") else "-")
+            extra = f" ({r['extra_mb']:.0f})" if r.get("extra_mb") is not None else ""
+            mc.append(f"{r['peak_mb']:.0f}{extra}" if r.get("peak_mb") else "-")
         t_lines.append(f"| {n:,} | " + " | ".join(tc) + " |")
         m_lines.append(f"| {n:,} | {inp} | " + " | ".join(mc) + " |")
     return t_lines + [""] + m_lines + [""]
@@ -186,19 +197,32 @@ def plot(recs: list[dict], path: Path) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for s, _, _ in SCALING_SOLVERS:
-        pts = sorted((r["n_weights"], r["time"], r.get("peak_mb")) for r in recs
-                     if r["solver"] == s and r.get("status") in ("optimal", "feasible"))
-        if not pts:
+        done = sorted((r["n_weights"], r["time"], max(r.get("extra_mb") or 0.0, 0.1)) for r in recs
+                      if r["solver"] == s and r.get("status") in ("optimal", "feasible")
+                      and r.get("termination") != "time_limit")
+        limited = sorted((r["n_weights"], r["time"]) for r in recs
+                         if r["solver"] == s and r.get("termination") == "time_limit")
+        if not done and not limited:
             continue
-        n, t, m = zip(*pts)
-        ax1.loglog(n, t, "o-", label=s)
-        ax2.loglog(n, m, "o-", label=s)
+        line = None
+        if done:
+            n, t, m = zip(*done)
+            (line,) = ax1.loglog(n, t, "o-", label=s)
+            ax2.loglog(n, m, "o-", label=s, color=line.get_color())
+        if limited:
+            n, t = zip(*limited)
+            ax1.loglog(n, t, "x", ms=9, color=line.get_color() if line else None,
+                       label=None if line else f"{s} (time limit)")
+    sizes = sorted({r["n_weights"] for r in recs if "input_mb" in r})
+    if sizes:
+        inp = [next(r["input_mb"] for r in recs if r["n_weights"] == n and "input_mb" in r) for n in sizes]
+        ax2.loglog(sizes, inp, "k--", lw=1, label="input (float32)")
     ax1.set_xlabel("number of weights")
     ax1.set_ylabel("solver time [s]")
-    ax1.set_title("time (random layered, 54 layers, NNZ 30%, FLOPs 20%)", fontsize=9)
+    ax1.set_title("time (random layered, 54 layers, NNZ 30%, FLOPs 20%; x: time limit)", fontsize=9)
     ax2.set_xlabel("number of weights")
-    ax2.set_ylabel("peak memory [MiB]")
-    ax2.set_title("peak resident memory of the process", fontsize=9)
+    ax2.set_ylabel("memory added by the solver [MiB]")
+    ax2.set_title("peak RSS minus RSS before the solver starts", fontsize=9)
     for ax in (ax1, ax2):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)

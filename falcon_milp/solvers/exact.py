@@ -15,18 +15,25 @@ penalty P must have ``loss_c(k_c) <= P`` in every class: a *window* of counts ar
 counts, found from the sorted weights near each class threshold (reduced-cost fixing).
 
 Search. A depth-first search over the class counts inside the windows, classes with the
-smallest windows first; partial assignments whose accumulated loss already reaches the
-incumbent's penalty are pruned, the budgets are checked with exact integer arithmetic, the
-second-to-last class is scanned in one vectorised step and the last class takes the largest
-count that still fits (values only grow with the count). Every improvement shrinks P and with
-it all windows. When the search ends the incumbent is optimal: the returned bound is its value
-plus a float tolerance (relative ``SEARCH_TOL`` on penalties, plus float64 rounding), so the
-reported gap is below :data:`~falcon_milp.solvers.registry.OPTIMALITY_TOL` (1e-9).
+smallest windows first. A partial assignment is pruned when its accumulated loss plus a lower
+bound for the free classes (the cheapest way to absorb the remaining NNZ, resp. FLOP, budget:
+merged increments, fractional knapsack, slack priced at w, resp. mu) reaches the incumbent's
+penalty. The budgets are checked with exact integer arithmetic. The largest-window classes
+form the leaf: the last one takes the largest count that still fits (values only grow with the
+count), the one before is scanned in one vectorised step, and when both NNZ and FLOPs bind
+(w > 0, mu > 0) the third-to-last is vectorised as well, its partner restricted to the band of
+counts where the NNZ and FLOP slacks left for the last class cost at most the remaining
+penalty (``Pen >= w * slack_nnz + mu * slack_flops``; a few counts per value). Every
+improvement shrinks P and with it all windows. When the search ends the incumbent is
+optimal; the returned bound is its value plus 64 ulp. Tolerances: penalties are compared with
+a slack of ``SEARCH_TOL`` (1e-13) times the dual value, so the search never prunes a solution
+better than the incumbent by more than that; the status is ``optimal`` when the certified gap
+is at most :data:`~falcon_milp.solvers.registry.OPTIMALITY_TOL` (1e-9).
 
-With more than two resource rows the same certificate and search are exact (the identity holds
-for any multipliers); only the multipliers come from the approximate cutting-plane LP, so the
-windows can be wider. On time limit (or ``max_nodes``) the incumbent is returned with the LP
-bound, status ``feasible``.
+With more than two resource rows the certificate and the search stay exact (the identity
+holds for any multipliers); the multipliers come from the LP over a core solved by HiGHS (see
+:mod:`~falcon_milp.solvers.fast`), so the windows may be wider and the search longer. On time
+limit (or ``max_nodes``) the incumbent is returned with the LP bound, status ``feasible``.
 """
 from __future__ import annotations
 
@@ -58,8 +65,6 @@ class ClassWindow:
     value: np.ndarray        # value[k - lo] = G(k) - G(lo), float64, length hi - lo + 1
     loss: np.ndarray         # loss[k - lo] >= 0
     zero: tuple[int, int]    # counts with loss 0: [zero0, zero1]
-    complete_lo: bool        # lo is the smallest count allowed by the loss budget (or 0)
-    complete_hi: bool
     m: int                   # count at the threshold (strict)
     inc_up: np.ndarray       # loss of dropping the 1st, 2nd, ... kept weight below m (ascending)
     inc_dn: np.ndarray       # loss of adding the 1st, 2nd, ... weight above m (ascending)
@@ -83,7 +88,6 @@ class Core:
         thr = lp.shifts + lp.w
         self.thr = thr
         self.counts = layers.counts_gt(thr)
-        self.ties = layers.counts_gt(np.array([math.nextafter(t, -math.inf) for t in thr])) - self.counts
         self.D = prob._dual_value(np.asarray(lp.mu), lp.w, lp.shifts, self.counts)
         self.rows = list(range(1, prob.rows.n_rows))
         self.windows: list[ClassWindow] = []
@@ -161,8 +165,7 @@ class Core:
             z1 = m_c + int(np.sum(np.abs(down[:n_dn] - T) <= 4 * EPS * max(abs(T), 1e-300)))
             cost = [int(self.prob.rows.num[r][members[0]]) for r in self.rows]
             fcost = [float(self.prob.costs[members[0], r]) for r in self.rows]
-            self.windows.append(ClassWindow(members, cost, size, lo, hi, value, loss, (z0, z1),
-                                            up_done, dn_done, m_c,
+            self.windows.append(ClassWindow(members, cost, size, lo, hi, value, loss, (z0, z1), m_c,
                                             np.maximum(up[:n_up] - T, 0.0),
                                             np.maximum(T - down[:n_dn], 0.0), fcost))
 
@@ -497,11 +500,13 @@ def core_search(prob: Problem, lp: LPSolution, counts: np.ndarray, value: float,
     core.build_windows(p_inc + SEARCH_TOL * abs(core.D), kc)
     windows = [w.hi - w.lo + 1 for w in core.windows]
     best, _, finished, nodes = core.search(kc, p_inc, deadline, max_nodes, band)
-    if not np.array_equal(best, kc):
-        new = core.layer_counts(best)
-        new_value = value + prob.value_delta(counts, new)
-        if new_value > value and prob.rows.fits(new) and int(new.sum()) <= prob.S:
-            counts, value = new, new_value
+    # the search works with class values (the largest weights of each class); realise them
+    # per layer even when the class counts did not change (the incumbent may not keep the
+    # largest weights of a class in every layer)
+    new = core.layer_counts(best)
+    new_value = value + prob.value_delta(counts, new)
+    if new_value >= value and prob.rows.fits(new) and int(new.sum()) <= prob.S:
+        counts, value = new, new_value
     stopped = "" if finished else (
         "time_limit" if deadline is not None and time.perf_counter() > deadline else "iteration_limit")
     return CoreResult(counts, value, finished, stopped, nodes, windows)
