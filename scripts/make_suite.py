@@ -179,8 +179,8 @@ QUICK = {
     "tiny/free-layer-ties", "tiny/knapsack-singletons", "tiny/ratio-trap",
     "small/layered-1k", "small/knapsack-300", "small/manylayers-400-ties-bytes",
     "synthetic:resnet20:nnz0.3:flops0.2:seed0:float32",
+    "real/mnist_mlp-magnitude-f30", "real/mnist_cnn-obs-f30-n45",
 }
-QUICK_REAL = 2   # the quick suite takes the first QUICK_REAL real instances (by name)
 
 # solvers used to compute bounds, and the largest instance each gets (others: no limit)
 BOUND_SIZE_LIMITS = {"highs-ilp": SizeLimit(300_000), "highs-lp": SizeLimit(300_000),
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         inst = load_instance(path)
         rel = path.relative_to(root).as_posix()
         meta = inst.metadata or {}
-        family = "real/" + str(meta.get("dataset", "mnist")).lower()
+        family = "real/" + str(meta.get("arch") or meta.get("dataset") or "unknown").lower()
         planned[rel[:-4]] = (inst, family, rel, _provenance_of_real(inst))
     for spec in SYNTHETIC:
         s = parse_synthetic(spec)
@@ -369,9 +369,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. the MANIFEST
     out: list[ManifestEntry] = []
-    real_names = sorted(n for n in planned if n.startswith("real/"))
     for name, (inst, family, source, prov) in planned.items():
-        suites = ["full"] + (["quick"] if name in QUICK or name in real_names[:QUICK_REAL] else [])
+        suites = ["full"] + (["quick"] if name in QUICK else [])
         if name in new_best:
             rec = info[name]
             best = new_best[name]

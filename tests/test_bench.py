@@ -347,3 +347,18 @@ def test_stale_manifest_digest_is_flagged(tmp_path) -> None:
     rec = harness.run_task(_task(entry, "ratio-greedy"))
     assert rec["best_upper"] is None and rec["gap_to_best"] is None
     assert any("differs from the MANIFEST's 0000000000000000" in c for c in rec["checks"])
+
+
+def test_quick_suite_end_to_end_with_exact(tmp_path: Path) -> None:
+    """Every quick instance (tiny, small, real, synthetic) runs; `exact` reaches every MANIFEST optimum."""
+    rc, out = _bench(tmp_path, "--suite", "quick", "--solvers", "exact,magnitude")
+    assert rc == 0
+    recs = read_records(out / "results.jsonl")
+    families = {r["family"].split("/")[0] for r in recs}
+    assert {"tiny", "small", "real", "synthetic"} <= families
+    for r in recs:
+        assert r["checks"] == [] and r["best_optimal"] is True, r["instance"]
+        if r["solver"] == "exact":
+            assert r["status"] == "optimal" and r["gap_to_best"] == 0.0, r["instance"]
+        else:
+            assert r["status"] in ("infeasible", "optimal", "feasible")
