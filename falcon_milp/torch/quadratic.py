@@ -1,0 +1,191 @@
+"""The local quadratic model of the loss used by FALCON (numpy only, never a p x p matrix).
+
+Scaling convention (used everywhere in :mod:`falcon_milp.torch`): the rows of ``X`` are the
+per-sample loss gradients divided by sqrt(n), so that ``X^T X`` is the empirical Fisher
+F = (1/n) sum_j g_j g_j^T, and ``g`` is the mean gradient. With d = w - w0,
+
+    Q(w) = 1/2 ||X d||^2 + lam2 ||d||^2 + alpha g^T d
+         = 1/2 d^T F d + lam2 ||d||^2 + alpha g^T d                  (Q(w0) = 0)
+
+is the second-order Taylor model of the mean calibration loss around w0 (alpha = 1) with the
+Fisher as Hessian, plus a ridge term. It differs from ``falcon-method.md`` section 3 (which
+writes alpha g^T w) only by the constant alpha g^T w0. ``lam2`` is therefore on the scale of
+the Fisher's diagonal; :func:`default_lam2` picks it relative to mean(diag F) = ||X||_F^2 / p.
+
+    grad Q(w) = X^T (X d) + 2 lam2 d + alpha g          (two passes over X: O(np))
+
+``X`` is kept in its own dtype (float32 in pruning runs) as a torch tensor (a numpy array is
+wrapped without a copy): the matrix products run in torch (MKL), which stays fast when the
+cores are shared, where numpy's OpenBLAS threads slow down badly. Vectors are float64 numpy
+arrays on the outside; they are cast to X's dtype for the products (so no float64 copy of X
+is ever made) and the results are returned in float64.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..exceptions import InvalidInstanceError
+
+Matrix = np.ndarray | torch.Tensor
+
+
+def as_tensor(X: Matrix) -> torch.Tensor:
+    """A CPU tensor view of X (numpy arrays are wrapped without a copy)."""
+    if isinstance(X, torch.Tensor):
+        return X.detach()
+    return torch.from_numpy(np.ascontiguousarray(X))
+
+
+def frobenius2(X: Matrix) -> float:
+    """||X||_F^2 accumulated in float64, in column blocks (no full float64 copy)."""
+    Xt = as_tensor(X)
+    total = 0.0
+    for j in range(0, Xt.shape[1], 16384):
+        blk = Xt[:, j:j + 16384].to(torch.float64)
+        total += float((blk * blk).sum())
+    return total
+
+
+def default_lam2(X: Matrix, rel: float = 1e-2) -> float:
+    """``rel`` times the mean diagonal of the Fisher, ||X||_F^2 / p (0 for an all-zero X)."""
+    p = X.shape[1]
+    return rel * frobenius2(X) / max(p, 1)
+
+
+@dataclass
+class QuadraticModel:
+    """Q(w) = 1/2 ||X (w - w0)||^2 + lam2 ||w - w0||^2 + alpha g^T (w - w0).
+
+    X : (n, p) float32 or float64 array or tensor, rows = per-sample gradients / sqrt(n);
+        stored as a torch tensor sharing the caller's memory (never written).
+    w0 : (p,) float64, the weights the model is expanded around.
+    lam2 : ridge weight >= 0.  alpha, g : optional first-order term (g: mean gradient).
+    """
+
+    X: Matrix
+    w0: np.ndarray
+    lam2: float = 0.0
+    alpha: float = 0.0
+    g: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.X, (np.ndarray, torch.Tensor)):
+            raise InvalidInstanceError(f"`X` must be a numpy array or a tensor; got {type(self.X).__name__}")
+        if self.X.ndim != 2:
+            raise InvalidInstanceError(f"`X` must be a 2-D (n, p) array; got shape {tuple(self.X.shape)}")
+        if self.X.dtype not in (np.float32, np.float64, torch.float32, torch.float64):
+            raise InvalidInstanceError(f"`X` must be float32 or float64; got dtype {self.X.dtype}")
+        X = as_tensor(self.X)
+        w0 = np.asarray(self.w0, dtype=np.float64).reshape(-1)
+        if w0.size != X.shape[1]:
+            raise InvalidInstanceError(
+                f"`w0` must have X.shape[1] = {X.shape[1]} entries; got {w0.size}")
+        if not (isinstance(self.lam2, (int, float)) and math.isfinite(self.lam2) and self.lam2 >= 0):
+            raise InvalidInstanceError(f"`lam2` must be a finite number >= 0; got {self.lam2!r}")
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha)):
+            raise InvalidInstanceError(f"`alpha` must be a finite number; got {self.alpha!r}")
+        if self.g is not None:
+            g = np.asarray(self.g, dtype=np.float64).reshape(-1)
+            if g.size != X.shape[1]:
+                raise InvalidInstanceError(f"`g` must have X.shape[1] = {X.shape[1]} entries; got {g.size}")
+            self.g = g
+        elif self.alpha != 0:
+            raise InvalidInstanceError("`g` is required when `alpha` is nonzero")
+        self.X = X
+        self.w0 = w0
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def p(self) -> int:
+        return int(self.X.shape[1])
+
+    # ------------------------------------------------------------------ products
+    def _vec(self, v: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(v)).to(self.X.dtype)
+
+    def matvec(self, d: np.ndarray) -> np.ndarray:
+        """X d as float64 (n,)."""
+        return torch.mv(self.X, self._vec(d)).numpy().astype(np.float64)
+
+    def rmatvec(self, r: np.ndarray) -> np.ndarray:
+        """X^T r as float64 (p,)."""
+        return torch.mv(self.X.T, self._vec(r)).numpy().astype(np.float64)
+
+    def hessvec(self, d: np.ndarray) -> np.ndarray:
+        """(X^T X + 2 lam2 I) d, the Hessian of Q applied to d."""
+        return self.rmatvec(self.matvec(d)) + 2.0 * self.lam2 * np.asarray(d, dtype=np.float64)
+
+    # ------------------------------------------------------------------ value / gradient
+    def _value_from(self, d: np.ndarray, r: np.ndarray) -> float:
+        val = 0.5 * float(r @ r) + self.lam2 * float(d @ d)
+        if self.alpha:
+            val += self.alpha * float(self.g @ d)
+        return val
+
+    def value(self, w: np.ndarray) -> float:
+        """Q(w)."""
+        d = np.asarray(w, dtype=np.float64) - self.w0
+        return self._value_from(d, self.matvec(d))
+
+    def gradient(self, w: np.ndarray) -> np.ndarray:
+        """grad Q(w) = X^T X (w - w0) + 2 lam2 (w - w0) + alpha g."""
+        return self.value_and_grad(w)[1]
+
+    def value_and_grad(self, w: np.ndarray) -> tuple[float, np.ndarray]:
+        """Q(w) and its gradient from one pass of X and one of X^T."""
+        d = np.asarray(w, dtype=np.float64) - self.w0
+        r = self.matvec(d)
+        grad = self.rmatvec(r) + 2.0 * self.lam2 * d
+        if self.alpha:
+            grad += self.alpha * self.g
+        return self._value_from(d, r), grad
+
+    # ------------------------------------------------------------------ Lipschitz constant
+    def lipschitz(self, iters: int = 30, tol: float = 1e-4, safety: float = 1.05,
+                  seed: int = 0) -> float:
+        """An estimate L >= sigma_max(X)^2 + 2 lam2 of the gradient's Lipschitz constant.
+
+        Power iteration on X^T X gives sigma_max^2 from below; it is multiplied by ``safety``
+        and capped by the sure upper bound ||X||_F^2. (The DFO loop also backtracks if a step
+        fails to decrease Q, so a slight underestimate can never make it diverge.)
+        """
+        return lipschitz_constant(self.X, self.lam2, iters=iters, tol=tol, safety=safety, seed=seed)
+
+
+def lipschitz_constant(X: Matrix, lam2: float = 0.0, *, iters: int = 30, tol: float = 1e-4,
+                       safety: float = 1.05, seed: int = 0) -> float:
+    """sigma_max(X)^2 (power iteration on X^T X, times ``safety``, capped by ||X||_F^2) + 2 lam2."""
+    Xt = as_tensor(X)
+    n, p = Xt.shape
+    if n == 0 or p == 0:
+        return 2.0 * lam2
+    fro2 = frobenius2(Xt)
+    if fro2 == 0.0:
+        return 2.0 * lam2
+    rng = np.random.default_rng(seed)
+    # iterate in the n-space: X X^T and X^T X have the same top eigenvalue
+    v = rng.standard_normal(n)
+    v /= np.linalg.norm(v)
+    est = 0.0
+    for _ in range(max(1, iters)):
+        y = torch.mv(Xt.T, torch.from_numpy(v).to(Xt.dtype))
+        u = torch.mv(Xt, y).numpy().astype(np.float64)          # X X^T v
+        new = float(v @ u)
+        norm = float(np.linalg.norm(u))
+        if norm == 0.0:
+            break
+        v = u / norm
+        if abs(new - est) <= tol * max(new, 1e-300):
+            est = new
+            break
+        est = new
+    sigma2 = min(safety * est, fro2)
+    return sigma2 + 2.0 * lam2
