@@ -98,6 +98,17 @@ def test_report_and_plots_written(tmp_path: Path) -> None:
     for name in ("report.md", "run.json", "results.jsonl", "gap_by_family.png", "time_vs_size.png"):
         assert (out / name).stat().st_size > 0, name
     assert "![" in (out / "report.md").read_text()
+    (out / "report.md").unlink()
+    (out / "time_vs_size.png").unlink()
+    assert main(["bench", "--report-only", "--out", str(out), "--quiet", "--title", "Again"]) == 0
+    text = (out / "report.md").read_text()
+    assert text.startswith("# Again") and "All 6 (instance, solver) results passed every check." in text
+    assert (out / "time_vs_size.png").stat().st_size > 0
+
+
+def test_report_only_needs_out(capsys) -> None:
+    assert main(["bench", "--report-only"]) == 2
+    assert "`--report-only` needs `--out DIR`" in capsys.readouterr().err
 
 
 def test_stdout_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -53,6 +53,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--quiet", action="store_true", help="do not print the result table")
     parser.add_argument("--title", default=None, help="title of the Markdown report")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: rewrite DIR/report.md and the plots from DIR/results.jsonl")
 
 
 def _positive_int(value: Any, flag: str) -> int:
@@ -149,13 +151,36 @@ def _summary_text(records: list[dict[str, Any]], solvers: Sequence[str]) -> str:
     for s in solver_summaries(rows, solvers):
         if s.worst_gap is None:
             what = "no gap (" + ", ".join(f"{v} {k}" for k, v in s.counts.items() if v) + ")"
+        elif s.worst_gap == 0:
+            what = "0 (every feasible result matches the best known)"
         else:
             what = f"{fmt_gap(s.worst_gap)} on {s.worst_instance}"
         lines.append(f"  {s.solver:<18} {what}; total solve time {fmt_time(s.total_time)} s")
     return "\n".join(lines)
 
 
+def _report_only(args: argparse.Namespace) -> int:
+    """Re-render report.md, the plots and the table from an existing output folder."""
+    if not args.out:
+        raise SolverOptionError("`--report-only` needs `--out DIR` (the folder holding results.jsonl)")
+    out = Path(args.out)
+    records = ordered(iter_records(out / RESULTS_FILE))
+    meta_path = out / META_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if args.title:
+        meta["title"] = args.title
+    report = write_outputs(out, records, meta, plots=not args.no_plots)
+    if not args.quiet:
+        rows, _ = build_rows(records)
+        print(text_table(rows))
+        print(_summary_text(records, meta.get("solvers") or sorted({r["solver"] for r in records})))
+    print(f"\nreport {report} rewritten from {len(records)} records")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.report_only:
+        return _report_only(args)
     repeat = _positive_int(args.repeat, "--repeat")
     jobs = _positive_int(args.jobs, "--jobs")
     threads = _positive_int(args.threads, "--threads")

@@ -342,7 +342,7 @@ def markdown_report(records: Sequence[dict[str, Any]], meta: dict[str, Any],
         c = s.counts
         lines.append([f"`{s.solver}`", c["optimal"], c["feasible"], c["infeasible"], c["no_solution"],
                       c["skipped"], c["error"], fmt_gap(s.worst_gap),
-                      s.worst_instance or "-", fmt_gap(s.median_gap), fmt_gap(s.worst_own_gap),
+                      (s.worst_instance if s.worst_gap else None) or "-", fmt_gap(s.median_gap), fmt_gap(s.worst_own_gap),
                       fmt_time(s.geomean_time), fmt_time(s.total_time), fmt_mem(s.max_mem)])
     parts.append(_md_table(["solver", "optimal", "feasible", "infeasible", "no solution", "skipped", "error",
                             "largest gap to best", "on instance", "median gap to best",
