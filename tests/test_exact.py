@@ -164,3 +164,38 @@ def test_corner_cases():
 def test_option_messages(value):
     with pytest.raises(SolverOptionError, match=r"`max_nodes` must be an integer >= 1; got"):
         solve(TINY["both-binding"], solver="exact", max_nodes=value)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_windowed_milp_fallback_agrees(seed, monkeypatch):
+    """After MILP_AFTER search nodes the windows go to HiGHS; same optimum as the plain search."""
+    import falcon_milp.solvers.exact as exact_mod
+    rng = np.random.default_rng(50 + seed)
+    inst = small_random(rng, n_layers=7, max_size=300, extra=seed == 2)
+    ref = solve(inst, solver="exact")
+    monkeypatch.setattr(exact_mod, "MILP_AFTER", 1)
+    r = solve(inst, solver="exact")
+    assert r.status == "optimal" and check_mask(inst, r.mask).feasible
+    assert r.objective == pytest.approx(ref.objective, rel=1e-12)
+    if r.extra.get("nodes", 0) >= 1 and "windowed_milp" in r.extra:
+        assert r.extra["windowed_milp"]["status"] == "optimal"
+
+
+@pytest.mark.parametrize("band_fraction", [0.06, 0.002])
+def test_banded_sorting_gives_the_same_answers(band_fraction, monkeypatch):
+    """Sorting only bands around the sample's thresholds (narrow bands force full sorts of
+    some layers on demand) changes nothing in the results."""
+    import falcon_milp.solvers.fast as fast_mod
+    for seed in range(3):
+        inst = random_layered(60_000, 9, seed=seed, nnz_fraction=0.1 + 0.2 * seed,
+                              flops_fraction=0.3 - 0.1 * seed)
+        full_e, full_f = solve(inst, solver="exact"), solve(inst, solver="fast", search_nodes=0)
+        with monkeypatch.context() as m:
+            m.setattr(fast_mod, "SAMPLE_SIZE", 500)
+            m.setattr(fast_mod, "SMALL_LAYER", 16)
+            m.setattr(fast_mod, "BAND_FRACTION", band_fraction)
+            e, f = solve(inst, solver="exact"), solve(inst, solver="fast", search_nodes=0)
+        assert e.status == full_e.status == "optimal" and e.objective == full_e.objective
+        assert f.extra["lp_value"] == pytest.approx(full_f.extra["lp_value"], rel=1e-12)
+        assert f.bound == pytest.approx(full_f.bound, rel=1e-12)
+        assert check_mask(inst, f.mask).feasible

@@ -33,10 +33,10 @@ def random_instance(rng, n_layers=4, max_size=30, costs="int", extra=False, dtyp
                                        max_flops=float(rng.uniform(0, total)), extra_resources=res)
 
 
-def lp_optimum(inst):
+def lp_optimum(inst, budgets=None):
     """The per-weight LP relaxation solved by SciPy/HiGHS (reference)."""
     A = np.vstack([inst.weight_costs(r) for r in range(inst.n_resources)])
-    b = np.array([float(x) for x in inst.budgets])
+    b = np.array([float(x) for x in (inst.budgets if budgets is None else budgets)])
     res = linprog(-inst.importance.astype(float), A_ub=A, b_ub=b, bounds=(0, 1), method="highs")
     assert res.status == 0
     return -res.fun
@@ -52,8 +52,8 @@ def test_tiny_instances(case):
         assert r.objective <= opt + 1e-12
         assert r.bound >= opt - 1e-12
         assert r.gap >= 0
-        if nodes == 0:    # the bound is a dual value: never below the LP optimum
-            assert r.bound >= lp_optimum(inst) - 1e-9 * max(1.0, opt)
+        if nodes == 0:    # the bound is a dual value: never below the (lattice) LP optimum
+            assert r.bound >= lp_optimum(inst, Problem(inst).budgets) - 1e-9 * max(1.0, opt)
 
 
 @settings(max_examples=30, deadline=None)
@@ -62,8 +62,12 @@ def test_lp_is_exact(seed, costs):
     """Breakpoint search = the LP optimum; its primal point spends the budgets; bound certified."""
     rng = np.random.default_rng(seed)
     inst = random_instance(rng, n_layers=int(rng.integers(1, 7)), costs=costs)
-    ref = lp_optimum(inst)
-    lp = Problem(inst).solve_lp()
+    prob = Problem(inst)
+    # budgets rounded down to the lattice of the costs: same integer problem, tighter LP
+    assert all(b <= float(c) for b, c in zip(prob.budgets, inst.budgets))
+    assert lp_optimum(inst, prob.budgets) <= lp_optimum(inst) + 1e-12
+    ref = lp_optimum(inst, prob.budgets)
+    lp = prob.solve_lp()
     assert lp.exact
     tol = 1e-9 * max(1.0, abs(ref))
     assert lp.bound >= ref - tol
@@ -71,7 +75,7 @@ def test_lp_is_exact(seed, costs):
     assert lp.lp_value == pytest.approx(ref, rel=1e-9, abs=1e-12)
     # the primal LP counts are feasible (exactly, as rationals) and their floor too
     assert np.sum(lp.x) <= inst.max_nnz + 1e-9
-    assert float(np.dot(lp.x, inst.flops_per_weight)) <= inst.max_flops * (1 + 1e-12) + 1e-9
+    assert float(np.dot(lp.x, inst.flops_per_weight)) <= prob.budgets[1] * (1 + 1e-12) + 1e-9
     assert np.all(lp.floor <= np.maximum(lp.x, 0) + 1e-9)
     assert Problem(inst).rows.fits(lp.floor) and int(lp.floor.sum()) <= inst.max_nnz
 
@@ -115,7 +119,8 @@ def test_extra_resources_respected_and_bounded():
 def test_float32_stays_float32():
     inst = arch_instance("resnet20", 0.3, 0.2)
     prob = Problem(inst)
-    assert prob.layers.neg.dtype == np.float32 and prob.layers.neg.size == inst.n_weights
+    assert all(v.dtype == np.float32 for v in prob.layers.views)
+    assert sum(v.size for v in prob.layers.views) <= inst.n_weights
     r = solve(inst, solver="fast")
     assert r.status in ("feasible", "optimal") and r.gap <= 1e-6
 

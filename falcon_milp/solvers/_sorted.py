@@ -2,10 +2,12 @@
 
 Shared by the ``falcon-lagrangian``, ``fast`` and ``exact`` solvers.
 
-Every layer (group) is sorted once, in descending importance order. The values are stored
-negated in one buffer of the input dtype (float32 stays float32), each layer's segment in
-ascending order, so the j-th largest importance of layer l is ``-neg[offsets[l] + j]``.
-Memory: one copy of the importances plus ``p / 4096`` float64 block sums.
+Every layer (group) is sorted once, in descending importance order, in the input dtype
+(float32 stays float32), stored negated and ascending. Either entirely (one copy of the
+importances), or -- for the ``fast`` and ``exact`` solvers on large instances -- only inside a
+band of values around the expected thresholds, estimated from a small sample (see
+:class:`SortedLayers`); queries outside a band sort that layer entirely first, so the answers
+never depend on the bands. Plus ``n / 4096`` float64 block sums per sorted part.
 
 Threshold model. A layer's kept count at a float64 threshold ``T`` is ``#{i in l : I_i > T}``;
 for a dual pair (lam, w) the threshold of layer l is ``T_l = fl(lam * f_l + w)`` (one float64
@@ -62,56 +64,137 @@ def _round_keys(dtype: np.dtype, x: np.ndarray, up: bool) -> np.ndarray:
 class SortedLayers:
     """The importances of an instance, sorted once per layer (descending), with counting tools.
 
-    Attributes: ``neg`` (p,) negated importances, each layer's segment ascending; ``offsets``
-    (L+1,); ``sizes`` (L,); ``costs`` (L, R) float64; ``dtype``; ``views`` one view per layer.
+    Two modes, same answers:
+
+    - full (``bands=None``): every layer is sorted entirely (``neg``: one buffer of negated
+      importances, each layer's segment ascending; ``views[l]`` its segment);
+    - banded (``bands=(lo, hi)``): layer l sorts only its weights with ``lo[l] <= I <= hi[l]``
+      (``views[l]``, negated, ascending) and keeps the number (``top[l]``) and the float64 sum
+      (``top_sum[l]``) of the weights above the band. Rank j of the layer is ``views[l][j -
+      top[l]]``. Any query outside the band (a threshold below ``lo`` or above ``hi``, a rank
+      outside the sorted part) first sorts that layer entirely (``n_full_sorts`` counts these),
+      so the results never depend on the bands, only the time does.
+
+    Attributes: ``offsets`` (L+1,), ``sizes`` (L,), ``costs`` (L, R) float64, ``dtype``,
+    ``first`` (L,) float64 layer maxima.
     """
 
-    def __init__(self, instance: PruningInstance, threads: int | None = None) -> None:
+    def __init__(self, instance: PruningInstance, threads: int | None = None,
+                 bands: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         imp = instance.importance
+        self._imp = imp
         self.dtype = imp.dtype
         self.offsets = instance.offsets
         self.sizes = np.asarray(instance.group_sizes, dtype=np.int64)
         self.costs = np.asarray(instance.costs, dtype=np.float64)
-        self.n_layers = int(self.sizes.size)
-        self.neg = np.empty_like(imp)
-        self.views = [self.neg[self.offsets[l]:self.offsets[l + 1]] for l in range(self.n_layers)]
-        self._bcum: list[np.ndarray] = [np.empty(0)] * self.n_layers
+        L = self.n_layers = int(self.sizes.size)
+        self.top = np.zeros(L, dtype=np.int64)
+        self.top_sum = np.zeros(L, dtype=np.float64)
+        self.band_lo = np.full(L, -np.inf)
+        self.band_hi = np.full(L, np.inf)
+        self.first = np.zeros(L, dtype=np.float64)
+        self.views: list[np.ndarray] = [np.empty(0, dtype=self.dtype)] * L
+        self._bcum: list[np.ndarray] = [np.zeros(1)] * L
+        self.n_full_sorts = 0
+        self.neg: np.ndarray | None = None
+        if bands is None:
+            self.neg = np.empty_like(imp)
+            self.views = [self.neg[self.offsets[l]:self.offsets[l + 1]] for l in range(L)]
+        else:
+            self.band_lo = np.asarray(bands[0], dtype=np.float64).copy()
+            self.band_hi = np.asarray(bands[1], dtype=np.float64).copy()
 
         def work(l: int) -> None:
-            view = self.views[l]
-            np.negative(imp[self.offsets[l]:self.offsets[l + 1]], out=view)
+            x = self._layer(l)
+            if bands is None:
+                view = self.views[l]
+                np.negative(x, out=view)
+                view.sort()
+                self._set(l, view, 0, 0.0)
+                self.first[l] = -float(view[0])
+                return
+            self.first[l] = float(x.max())
+            lo, hi = self.band_lo[l], self.band_hi[l]
+            if lo == -np.inf and hi == np.inf:
+                view = -x
+                view.sort()
+                self._set(l, view, 0, 0.0)
+                return
+            # band ends in the input dtype (no float64 copy of the layer for the comparison)
+            hi_d, lo_d = self.dtype.type(hi), self.dtype.type(lo)
+            self.band_hi[l], self.band_lo[l] = float(hi_d), float(lo_d)
+            above = x > hi_d
+            n_top = int(np.count_nonzero(above))
+            top_sum = float(np.sum(x, where=above, dtype=np.float64)) if n_top else 0.0
+            inside = ~above
+            if lo > -np.inf:
+                inside &= x >= lo_d
+            view = x[inside]
+            np.negative(view, out=view)
             view.sort()
-            m = view.size // BLOCK
-            cum = np.zeros(m + 1, dtype=np.float64)
-            if m:
-                blocks = view[:m * BLOCK].reshape(m, BLOCK).sum(axis=1, dtype=np.float64)
-                cum[1:] = np.cumsum(blocks.astype(np.longdouble)).astype(np.float64)
-            self._bcum[l] = cum
+            self._set(l, view, n_top, top_sum)
 
         order = np.argsort(-self.sizes, kind="stable")  # big layers first: better balance
         n_threads = default_threads(threads)
-        if n_threads == 1 or self.n_layers == 1:
+        if n_threads == 1 or L == 1:
             for l in order:
                 work(int(l))
         else:
             with ThreadPoolExecutor(n_threads) as pool:
                 list(pool.map(work, order.tolist()))
-        self.first = np.array([-v[0] for v in self.views], dtype=np.float64)  # layer maxima
+
+    def _layer(self, l: int) -> np.ndarray:
+        return self._imp[self.offsets[l]:self.offsets[l + 1]]
+
+    def _set(self, l: int, view: np.ndarray, top: int, top_sum: float) -> None:
+        m = view.size // BLOCK
+        cum = np.zeros(m + 1, dtype=np.float64)
+        if m:
+            blocks = view[:m * BLOCK].reshape(m, BLOCK).sum(axis=1, dtype=np.float64)
+            cum[1:] = np.cumsum(blocks.astype(np.longdouble)).astype(np.float64)
+        self.views[l] = view
+        self._bcum[l] = cum
+        self.top[l] = top
+        self.top_sum[l] = top_sum
+
+    def _full(self, l: int) -> None:
+        """Sort layer l entirely (a query fell outside its band)."""
+        view = -self._layer(l)
+        view.sort()
+        self._set(l, view, 0, 0.0)
+        self.band_lo[l], self.band_hi[l] = -np.inf, np.inf
+        self.n_full_sorts += 1
+
+    def _ranks(self, l: int, start: int, stop: int) -> int:
+        """Make ranks start..stop-1 of layer l available; returns the offset into views[l]."""
+        t = int(self.top[l])
+        if start < t or stop > t + self.views[l].size:
+            self._full(l)
+            t = 0
+        return t
+
+    def _thresholds_ok(self, t: np.ndarray) -> None:
+        bad = np.flatnonzero(~((t >= self.band_lo) & (t <= self.band_hi)))
+        for l in bad:
+            self._full(int(l))
 
     # ------------------------------------------------------------------ values and sums
     def value(self, l: int, j: int) -> float:
         """The j-th largest importance of layer l (0-based)."""
-        return -float(self.views[l][j])
+        t = self._ranks(l, j, j + 1)
+        return -float(self.views[l][j - t])
 
     def topsum(self, l: int, k: int) -> float:
         """Sum of the k largest importances of layer l (float64; block prefix + partial block)."""
         k = int(k)
         if k <= 0:
             return 0.0
-        q = k // BLOCK
-        rest = self.views[l][q * BLOCK:k]
+        t = self._ranks(l, k, k)
+        j = k - t
+        q = j // BLOCK
+        rest = self.views[l][q * BLOCK:j]
         part = float(np.sum(rest, dtype=np.float64)) if rest.size else 0.0
-        return -(float(self._bcum[l][q]) + part)
+        return float(self.top_sum[l]) - (float(self._bcum[l][q]) + part)
 
     def topsums(self, counts: np.ndarray) -> np.ndarray:
         """(L,) float64: ``topsum(l, counts[l])`` for every layer."""
@@ -122,22 +205,41 @@ class SortedLayers:
         start, stop = max(0, int(start)), min(int(self.sizes[l]), int(stop))
         if stop <= start:
             return np.empty(0, dtype=np.float64)
-        return -self.views[l][start:stop].astype(np.float64)
+        t = self._ranks(l, start, stop)
+        return -self.views[l][start - t:stop - t].astype(np.float64)
 
     # ------------------------------------------------------------------ counts
     def counts_gt(self, thresholds: np.ndarray) -> np.ndarray:
         """(L,) int64: ``#{i in l : I_i > thresholds[l]}``."""
-        keys = _round_keys(self.dtype, -np.asarray(thresholds, dtype=np.float64), up=True)
+        t = np.asarray(thresholds, dtype=np.float64)
+        self._thresholds_ok(t)
+        keys = _round_keys(self.dtype, -t, up=True)
         ss = np.searchsorted
-        return np.fromiter((ss(v, k, "left") for v, k in zip(self.views, keys)),
-                           dtype=np.int64, count=self.n_layers)
+        return self.top + np.fromiter((ss(v, k, "left") for v, k in zip(self.views, keys)),
+                                      dtype=np.int64, count=self.n_layers)
 
     def counts_ge(self, thresholds: np.ndarray) -> np.ndarray:
         """(L,) int64: ``#{i in l : I_i >= thresholds[l]}``."""
-        keys = _round_keys(self.dtype, -np.asarray(thresholds, dtype=np.float64), up=False)
+        t = np.asarray(thresholds, dtype=np.float64)
+        self._thresholds_ok(t)
+        keys = _round_keys(self.dtype, -t, up=False)
         ss = np.searchsorted
-        return np.fromiter((ss(v, k, "right") for v, k in zip(self.views, keys)),
-                           dtype=np.int64, count=self.n_layers)
+        return self.top + np.fromiter((ss(v, k, "right") for v, k in zip(self.views, keys)),
+                                      dtype=np.int64, count=self.n_layers)
+
+    def count_gt(self, l: int, threshold: float) -> int:
+        """``#{i in l : I_i > threshold}`` for one layer."""
+        if not self.band_lo[l] <= threshold <= self.band_hi[l]:
+            self._full(l)
+        key = _round_keys(self.dtype, np.array([-float(threshold)]), up=True)[0]
+        return int(self.top[l]) + int(np.searchsorted(self.views[l], key, "left"))
+
+    def count_ge(self, l: int, threshold: float) -> int:
+        """``#{i in l : I_i >= threshold}`` for one layer."""
+        if not self.band_lo[l] <= threshold <= self.band_hi[l]:
+            self._full(l)
+        key = _round_keys(self.dtype, np.array([-float(threshold)]), up=False)[0]
+        return int(self.top[l]) + int(np.searchsorted(self.views[l], key, "right"))
 
     def select(self, shifts: np.ndarray, K: int, w_min: float = 0.0,
                hint: tuple[float, float] | None = None) -> tuple[float, np.ndarray, np.ndarray]:
@@ -151,21 +253,22 @@ class SortedLayers:
         values expected to bracket the answer (only a speed-up; checked, never trusted).
         """
         shifts = np.asarray(shifts, dtype=np.float64)
-        w_lo = float(w_min)
-        c_lo = self.counts_gt(shifts + w_lo)
-        if int(c_lo.sum()) <= K:
-            # ties at w_min: the weights exactly at the threshold
-            return w_lo, c_lo, np.maximum(self.counts_ge(shifts + w_lo), c_lo)
-        c_hi = None
-        if hint is not None:
-            for h in sorted(hint, reverse=True):
-                if math.isfinite(h) and h > w_lo:
-                    c_h = self.counts_gt(shifts + h)
-                    if int(c_h.sum()) <= K:
-                        w_hi, c_hi = h, c_h
-                    else:
-                        w_lo, c_lo = h, c_h
-                        break
+        w_lo, c_lo = float(w_min), None
+        w_hi, c_hi = math.inf, None
+        if hint is not None:     # try the hints first: they may avoid far-off thresholds
+            for h in sorted({float(v) for v in hint if math.isfinite(v) and v >= w_lo}, reverse=True):
+                c_h = self.counts_gt(shifts + h)
+                if int(c_h.sum()) <= K:
+                    w_hi, c_hi = h, c_h
+                else:
+                    w_lo, c_lo = h, c_h
+                    break
+        if c_lo is None:
+            c0 = self.counts_gt(shifts + w_lo)
+            if int(c0.sum()) <= K:
+                # ties at w_min: the weights exactly at the threshold
+                return w_lo, c0, np.maximum(self.counts_ge(shifts + w_lo), c0)
+            c_lo = c0
         if c_hi is None:
             # an upper end where nothing is counted
             w_hi = max(w_lo, float(np.max(self.first - shifts)))
@@ -225,9 +328,10 @@ class SortedLayers:
             if k >= n:
                 mask[lo:hi] = True
                 continue
-            tau = self.views[l][k - 1]           # negated k-th largest, in the input dtype
+            t = self._ranks(l, k - 1, k)
+            tau = self.views[l][k - 1 - t]       # negated k-th largest, in the input dtype
             layer, out = imp[lo:hi], mask[lo:hi]
-            n_ge = int(np.searchsorted(self.views[l], tau, "right"))
+            n_ge = t + int(np.searchsorted(self.views[l], tau, "right"))
             np.greater_equal(layer, -tau, out=out)
             if n_ge > k:                          # too many ties at the threshold: drop the last
                 ties = np.flatnonzero(layer == -tau)
@@ -268,7 +372,8 @@ class ExactRows:
         for r in range(self.n_rows):
             fr = [Fraction(float(c)) for c in costs[:, r]]
             b = float(budgets[r])
-            den = max([f.denominator for f in fr] + ([Fraction(b).denominator] if math.isfinite(b) else []))
+            # counts are integers, so the budget can be rounded down to the costs' lattice
+            den = max([f.denominator for f in fr] + [1])
             num = [int(f * den) for f in fr]
             big = max(num, default=0) * (1 << 40) >= (1 << 62)
             self.num.append(np.array(num, dtype=object if big else np.int64))

@@ -51,6 +51,8 @@ from .registry import RawSolution
 
 SEARCH_TOL = 1e-13
 """Relative tolerance (times the dual value) on penalty comparisons in the search."""
+MILP_AFTER = 30_000
+"""Search nodes after which the windowed problem goes to HiGHS as a compact MILP."""
 
 
 @dataclass
@@ -69,6 +71,7 @@ class ClassWindow:
     inc_up: np.ndarray       # loss of dropping the 1st, 2nd, ... kept weight below m (ascending)
     inc_dn: np.ndarray       # loss of adding the 1st, 2nd, ... weight above m (ascending)
     fcost: list[float]       # cost per row (rows 1..R-1), as floats
+    vals: np.ndarray         # importances of class ranks lo-1 .. hi-1 (descending; inf if lo = 0)
 
 
 class Core:
@@ -93,7 +96,11 @@ class Core:
         self.windows: list[ClassWindow] = []
 
     def layer_counts(self, class_counts: np.ndarray) -> np.ndarray:
-        """Per-layer counts keeping the k_c largest importances of every class (ties: layer order)."""
+        """Per-layer counts keeping the k_c largest importances of every class (ties: layer order).
+
+        The k-th largest value tau of a class is read from its window; each member layer keeps
+        its weights > tau and, in layer order, as many weights == tau as needed.
+        """
         layers = self.prob.layers
         out = np.zeros(self.prob.L, dtype=np.int64)
         for c, members in enumerate(self.classes):
@@ -104,13 +111,20 @@ class Core:
             if k >= size:
                 out[members] = self.prob.sizes[members]
                 continue
-            shifts = np.full(self.prob.L, np.inf)
-            shifts[members] = 0.0
-            _, cnt, below = layers.select(shifts, k - 1, 0.0)
-            rest = k - int(cnt[members].sum())
+            wc = self.windows[c]
+            if not wc.lo <= k <= wc.hi:   # pragma: no cover - counts come from the windows
+                raise AssertionError("class count outside its window")
+            tau = float(wc.vals[k - wc.lo])          # vals[0] is rank lo - 1
+            rest = k
             for l in members:
-                t = min(int(below[l] - cnt[l]), rest)
-                out[l] = cnt[l] + t
+                gt = layers.count_gt(int(l), tau)
+                out[l] = gt
+                rest -= gt
+            for l in members:
+                if rest <= 0:
+                    break
+                t = min(layers.count_ge(int(l), tau) - int(out[l]), rest)
+                out[l] += t
                 rest -= t
         return out
 
@@ -165,9 +179,11 @@ class Core:
             z1 = m_c + int(np.sum(np.abs(down[:n_dn] - T) <= 4 * EPS * max(abs(T), 1e-300)))
             cost = [int(self.prob.rows.num[r][members[0]]) for r in self.rows]
             fcost = [float(self.prob.costs[members[0], r]) for r in self.rows]
+            above = float(up[n_up]) if n_up < up.size else math.inf     # rank lo - 1
             self.windows.append(ClassWindow(members, cost, size, lo, hi, value, loss, (z0, z1), m_c,
                                             np.maximum(up[:n_up] - T, 0.0),
-                                            np.maximum(T - down[:n_dn], 0.0), fcost))
+                                            np.maximum(T - down[:n_dn], 0.0), fcost,
+                                            np.concatenate([[above], vals])))
 
     # ------------------------------------------------------------------ search
     def search(self, k_inc: np.ndarray, p_inc: float, deadline: float | None,
@@ -485,21 +501,42 @@ class CoreResult:
     stopped_by: str          # "", "time_limit" or "iteration_limit"
     nodes: int
     windows: list[int]
+    milp: dict[str, Any] | None = None   # set when HiGHS solved the windowed MILP
 
 
 def core_search(prob: Problem, lp: LPSolution, counts: np.ndarray, value: float,
                 deadline: float | None = None, max_nodes: int | None = None,
-                band: bool = True) -> CoreResult:
+                band: bool = True, milp_after: int | None = None) -> CoreResult:
     """Improve the incumbent (per-layer counts, value) by the exact search over class counts.
 
-    ``finished`` means the search proved the returned counts optimal.
+    ``finished`` means the search proved the returned counts optimal. ``milp_after``: when the
+    depth-first search has not finished after that many nodes, the same windowed problem is
+    handed to HiGHS as a compact MILP (:func:`_windowed_milp`); its proof then relies on HiGHS
+    (``CoreResult.milp`` is set).
     """
     core = Core(prob, lp)
     kc = core.class_counts(counts)
     p_inc = core.D - value
     core.build_windows(p_inc + SEARCH_TOL * abs(core.D), kc)
     windows = [w.hi - w.lo + 1 for w in core.windows]
-    best, _, finished, nodes = core.search(kc, p_inc, deadline, max_nodes, band)
+    limit = max_nodes if milp_after is None else (
+        milp_after if max_nodes is None else min(max_nodes, milp_after))
+    best, _, finished, nodes = core.search(kc, p_inc, deadline, limit, band)
+    milp: dict[str, Any] | None = None
+    if not finished and milp_after is not None and nodes >= milp_after and (
+            max_nodes is None or max_nodes > milp_after) and (
+            deadline is None or time.perf_counter() < deadline):
+        got = _windowed_milp(core, best, deadline)
+        if got is not None:
+            best_milp, milp = got
+            v = sum(float(w.value[best_milp[c] - w.lo]) for c, w in enumerate(core.windows))
+            v_old = sum(float(w.value[best[c] - w.lo]) for c, w in enumerate(core.windows))
+            if v > v_old:
+                best = best_milp
+            finished = milp["status"] == "optimal"
+            milp["gain_over_search"] = v - v_old
+            # HiGHS's own slack between its dual bound and the best value (>= 0)
+            milp["bound_excess"] = max(0.0, milp["dual_bound"] - max(v, v_old))
     # the search works with class values (the largest weights of each class); realise them
     # per layer even when the class counts did not change (the incumbent may not keep the
     # largest weights of a class in every layer)
@@ -509,7 +546,102 @@ def core_search(prob: Problem, lp: LPSolution, counts: np.ndarray, value: float,
         counts, value = new, new_value
     stopped = "" if finished else (
         "time_limit" if deadline is not None and time.perf_counter() > deadline else "iteration_limit")
-    return CoreResult(counts, value, finished, stopped, nodes, windows)
+    return CoreResult(counts, value, finished, stopped, nodes, windows, milp)
+
+
+def _windowed_milp(core: Core, k_start: np.ndarray, deadline: float | None
+                   ) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """The class-count problem inside the windows as a compact MILP, solved by HiGHS.
+
+    Columns: an integer count k_c in [lo_c, hi_c] and a value t_c per class; rows: the concave
+    value of each class as one cut per window segment (``t_c <= V_c(j) + I_c(j) (k_c - j)``, exact
+    at integer counts), the NNZ budget and every finite resource row (scaled integers). Returns
+    the best counts and HiGHS's status, or None when HiGHS is missing or the integers are too
+    large for doubles. The counts are re-checked with exact integer arithmetic.
+    """
+    try:
+        import highspy
+    except ImportError:   # pragma: no cover - highspy is a dependency
+        return None
+    W = core.windows
+    C = len(W)
+    R = len(core.rows)
+    caps = [core.prob.rows.cap[r] for r in core.rows]
+    big = any(cap is not None and abs(cap) >= 2**52 for cap in caps) or any(
+        abs(w.cost[i]) * (w.hi + 1) >= 2**52 for w in W for i in range(R))
+    if big:
+        return None
+    lower = np.concatenate([[w.lo for w in W], np.full(C, -np.inf)]).astype(np.float64)
+    upper = np.concatenate([[w.hi for w in W], np.full(C, np.inf)]).astype(np.float64)
+    cost = np.concatenate([np.zeros(C), np.ones(C)])
+    starts, index, value, rlo, rhi = [], [], [], [], []
+    for c, w in enumerate(W):
+        seg = w.vals[1:]                     # importance of rank j, j = lo .. hi-1
+        for j in range(w.lo, w.hi):
+            s = float(seg[j - w.lo])
+            starts.append(len(index))
+            index += [C + c, c]
+            value += [1.0, -s]
+            rlo.append(-np.inf)
+            rhi.append(float(w.value[j - w.lo]) - s * j)
+        starts.append(len(index))           # t_c <= V(hi) (also covers an empty window)
+        index.append(C + c)
+        value.append(1.0)
+        rlo.append(-np.inf)
+        rhi.append(float(w.value[-1]))
+    starts.append(len(index))
+    index += list(range(C))
+    value += [1.0] * C
+    rlo.append(-np.inf)
+    rhi.append(float(core.prob.S))
+    for i in range(R):
+        if caps[i] is None:
+            continue
+        starts.append(len(index))
+        index += list(range(C))
+        value += [float(w.cost[i]) for w in W]
+        rlo.append(-np.inf)
+        rhi.append(float(caps[i]))
+    n_rows = len(starts)
+    try:   # a Highs object made the HiGHS way: without the banner on stdout
+        from .highs import _new_highs
+        h = _new_highs()
+    except ImportError:   # pragma: no cover
+        h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    for key, val in (("mip_rel_gap", 0.0), ("mip_abs_gap", 0.0), ("random_seed", 0),
+                     ("mip_feasibility_tolerance", 1e-9)):
+        h.setOptionValue(key, val)
+    if deadline is not None:
+        h.setOptionValue("time_limit", max(0.01, deadline - time.perf_counter()))
+    integrality = np.concatenate([np.ones(C), np.zeros(C)]).astype(np.int32)
+    h.passModel(2 * C, n_rows, len(index), int(highspy.MatrixFormat.kRowwise),
+                int(highspy.ObjSense.kMaximize), 0.0, cost, lower, upper,
+                np.array(rlo), np.array(rhi), np.array(starts, dtype=np.int32),
+                np.array(index, dtype=np.int32), np.array(value, dtype=np.float64), integrality)
+    sol = np.asarray([float(v) for v in k_start] + [float(w.value[k_start[c] - w.lo]) for c, w in enumerate(W)])
+    h.setSolution(_solution(highspy, sol))
+    h.run()
+    status = h.getModelStatus()
+    info = h.getInfo()
+    out = {"status": "optimal" if status == highspy.HighsModelStatus.kOptimal else status.name,
+           "highs_nodes": int(info.mip_node_count), "dual_bound": float(info.mip_dual_bound)}
+    if info.primal_solution_status != 2:
+        return k_start.copy(), {**out, "status": out["status"] if out["status"] != "optimal" else "no_solution"}
+    k = np.rint(np.asarray(h.getSolution().col_value[:C])).astype(np.int64)
+    k = np.clip(k, [w.lo for w in W], [w.hi for w in W])
+    ok = int(k.sum()) <= core.prob.S and all(
+        caps[i] is None or sum(w.cost[i] * int(k[c]) for c, w in enumerate(W)) <= caps[i] for i in range(R))
+    if not ok:     # HiGHS's tolerance let a budget slip: keep the search's incumbent
+        return k_start.copy(), {**out, "status": "rejected"}
+    return k, out
+
+
+def _solution(highspy: Any, values: np.ndarray) -> Any:
+    s = highspy.HighsSolution()
+    s.col_value = values.tolist()
+    s.value_valid = True
+    return s
 
 
 def solve_exact(instance: PruningInstance, *, time_limit: float | None = None, rel_gap: float = 0.0,
@@ -524,7 +656,7 @@ def solve_exact(instance: PruningInstance, *, time_limit: float | None = None, r
         raise SolverOptionError(f"`max_nodes` must be an integer >= 1; got {max_nodes!r}")
     start = time.perf_counter()
     deadline = None if time_limit is None else start + float(time_limit)
-    prob = Problem(instance, threads)
+    prob = Problem(instance, threads, banded=True)
     lp = prob.solve_lp()
     k = prob.fill(lp.floor)
     value = prob.value_of(k)
@@ -534,10 +666,14 @@ def solve_exact(instance: PruningInstance, *, time_limit: float | None = None, r
     if gap0 <= rel_gap:
         mask = prob.layers.mask_from_counts(instance, k)
         return RawSolution(mask, lp.bound, "gap_limit" if gap0 > 0 else "optimal", extra)
-    res = core_search(prob, lp, k, value, deadline, max_nodes, bool(band))
-    extra.update(nodes=res.nodes, windows=res.windows)
+    res = core_search(prob, lp, k, value, deadline, max_nodes, bool(band), milp_after=MILP_AFTER)
+    extra.update(nodes=res.nodes, windows=res.windows, full_sorts=prob.layers.n_full_sorts)
+    if res.milp is not None:
+        extra["windowed_milp"] = res.milp
     mask = prob.layers.mask_from_counts(instance, res.counts)
     if res.finished:
         bound = res.value + 64 * EPS * abs(res.value)
+        if res.milp is not None:
+            bound += res.milp["bound_excess"]
         return RawSolution(mask, min(bound, lp.bound), "optimal", extra)
     return RawSolution(mask, lp.bound, res.stopped_by, extra)

@@ -1,7 +1,9 @@
 """``fast``: exact LP optimum from the per-layer structure, budget-keeping rounding, certified gap.
 
 The selection ILP ``max sum_i I_i z_i  s.t.  sum_i c_{i,r} z_i <= B_r (r = 0..R-1), z in {0,1}^p``
-(row 0: c = 1, B = S; row 1: FLOPs) has the LP dual
+(row 0: c = 1, B = S; row 1: FLOPs) is handled with every budget rounded down to the lattice of
+its row's costs (e.g. to an integer for integer FLOP costs): counts are integers, so the integer
+problem is the same and its LP relaxation can only be tighter. That LP has the dual
 
     D(mu, w) = S w + sum_{r>=1} B_r mu_r + sum_i max(0, I_i - sum_r mu_r c_{i,r} - w),
 
@@ -55,6 +57,14 @@ from ._sorted import ExactRows, SortedLayers
 
 EPS = np.finfo(np.float64).eps
 MAX_BREAKPOINT_STEPS = 200
+SAMPLE_SIZE = 200_000
+"""Weights in the sample whose LP locates the bands (banded mode, instances above 8x this)."""
+BAND_FRACTION = 0.06
+"""Half-width of a layer's sorted band, as a fraction of its weights (ranks, from the sample)."""
+SMALL_LAYER = 1 << 15
+"""Layers up to this size are always sorted entirely."""
+START_WIDTH = 0.05
+"""Relative half-width of the first bracket around the sample's multipliers."""
 
 
 @dataclass
@@ -89,17 +99,43 @@ class Problem:
     """An instance prepared for the structured solvers: sorted layers + exact budget rows."""
 
     def __init__(self, instance: PruningInstance, threads: int | None = None,
-                 layers: SortedLayers | None = None) -> None:
+                 layers: SortedLayers | None = None, banded: bool = False,
+                 lattice: bool = True) -> None:
+        """``banded``: sort only bands around the thresholds of an LP on a sample (large
+        instances; same results, less sorting); otherwise every layer is sorted entirely.
+        ``lattice``: round every budget down to the lattice of its row's costs (counts are
+        integers, so the integer problem is unchanged and its LP relaxation only tighter)."""
         self.instance = instance
-        self.layers = layers if layers is not None else SortedLayers(instance, threads)
+        self.start: tuple[dict[int, float], float] | None = None
+        self.sample: Problem | None = None
+        if layers is None:
+            bands = None
+            if banded:
+                found = _sample_bands(instance)
+                if found is not None:
+                    bands, self.start, self.sample = found
+            layers = SortedLayers(instance, threads, bands)
+        self.layers = layers
         self.costs = self.layers.costs
         self.sizes = self.layers.sizes
         self.S = int(instance.max_nnz)
         self.budgets = [float(b) for b in instance.budgets]
         self.rows = ExactRows(self.costs, self.budgets)
+        if lattice:
+            for r in range(1, instance.n_resources):
+                if self.rows.cap[r] is not None:
+                    exact = Fraction(self.rows.cap[r], self.rows.den[r])
+                    b = float(exact)
+                    if Fraction(b) < exact:
+                        b = math.nextafter(b, math.inf)
+                    self.budgets[r] = min(b, self.budgets[r])
         # multiplier rows: every resource but NNZ with a finite budget
         self.active = [r for r in range(1, instance.n_resources) if math.isfinite(self.budgets[r])]
         self.L = self.layers.n_layers
+        groups: dict[tuple, list[int]] = {}
+        for l in range(self.L):
+            groups.setdefault(tuple(self.costs[l].tolist()), []).append(l)
+        self.classes = [np.array(m, dtype=np.int64) for m in groups.values()]
 
     # ------------------------------------------------------------------ dual evaluation
     def shifts(self, mu: np.ndarray) -> np.ndarray:
@@ -262,6 +298,14 @@ class Problem:
         k = self.fill_ties(pt, 0, False)
         return self._finish(pt, k, k, Fraction(1), True, 1)
 
+    def _w_hint(self, r: int, lam: float) -> tuple[float, float] | None:
+        """Values expected to bracket w(lam), from the sample problem (banded mode)."""
+        if self.sample is None or r not in self.sample.active:
+            return None
+        mu = np.array([lam if q == r else 0.0 for q in self.sample.active])
+        w = self.sample.evaluate(mu).w
+        return (w * (1 - START_WIDTH), w * (1 + START_WIDTH) + 1e-300)
+
     def _lp_one_multiplier(self) -> LPSolution:
         r = self.active[0]
         cap = self.rows.cap[r]
@@ -273,24 +317,45 @@ class Problem:
             kmax = self.fill_ties(pt, r, descending=True)    # most costs: left derivative
             return kmin, use(kmin), kmax, use(kmax)
 
-        lo = self.evaluate(np.zeros(1))
-        lo_min, lo_umin, lo_max, lo_umax = pieces(lo)
-        if lo_umin <= cap:      # the budget does not bind: lam = 0
-            return self._finish(lo, lo_min, lo_min, Fraction(1), True, 1, lam=0.0)
-        cost = self.costs[:, r]
-        pos = cost > 0
-        lam_max = float(np.max(self.layers.first[pos] / cost[pos]))
-        for _ in range(64):  # every layer with cost > 0 must lie at or below its threshold
-            if np.all(lam_max * cost[pos] >= self.layers.first[pos]):
-                break
-            lam_max = math.nextafter(lam_max * (1 + 4 * EPS), math.inf)
-        hi = self.evaluate(np.array([lam_max]))
-        hi_min, hi_umin, hi_max, hi_umax = pieces(hi)
-        if hi_umax >= cap:      # subgradient interval at lam_max contains 0
-            return self._finish(hi, hi_max, hi_min, _theta(cap, hi_umax, hi_umin), True, 2,
-                                lam=lam_max)
+        # a bracket around the sample's multiplier (if any): thresholds stay inside the bands
+        lo = hi = None
+        steps = 0
+        if self.start is not None and r in self.start[0]:
+            lam_s = self.start[0][r]
+            lams = sorted({lam_s * (1 - START_WIDTH), lam_s * (1 + START_WIDTH)}) if lam_s > 0 else [0.0]
+            for lam in lams:
+                pt = self.evaluate(np.array([lam]), hint=self._w_hint(r, lam))
+                steps += 1
+                k_min, u_min, k_max, u_max = pieces(pt)
+                if u_min <= cap <= u_max:
+                    return self._finish(pt, k_max, k_min, _theta(cap, u_max, u_min), True, steps, lam=lam)
+                if lam == 0.0 and u_min <= cap:     # the budget does not bind: lam = 0
+                    return self._finish(pt, k_min, k_min, Fraction(1), True, steps, lam=0.0)
+                if u_min > cap:
+                    lo, lo_min, lo_umin, lo_max, lo_umax = pt, k_min, u_min, k_max, u_max
+                elif hi is None:
+                    hi, hi_min, hi_umin, hi_max, hi_umax = pt, k_min, u_min, k_max, u_max
+        if lo is None:
+            lo = self.evaluate(np.zeros(1), hint=self._w_hint(r, 0.0))
+            steps += 1
+            lo_min, lo_umin, lo_max, lo_umax = pieces(lo)
+            if lo_umin <= cap:      # the budget does not bind: lam = 0
+                return self._finish(lo, lo_min, lo_min, Fraction(1), True, steps, lam=0.0)
+        if hi is None:
+            cost = self.costs[:, r]
+            pos = cost > 0
+            lam_max = float(np.max(self.layers.first[pos] / cost[pos]))
+            for _ in range(64):  # every layer with cost > 0 must lie at or below its threshold
+                if np.all(lam_max * cost[pos] >= self.layers.first[pos]):
+                    break
+                lam_max = math.nextafter(lam_max * (1 + 4 * EPS), math.inf)
+            hi = self.evaluate(np.array([lam_max]))
+            steps += 1
+            hi_min, hi_umin, hi_max, hi_umax = pieces(hi)
+            if hi_umax >= cap:      # subgradient interval at lam_max contains 0
+                return self._finish(hi, hi_max, hi_min, _theta(cap, hi_umax, hi_umin), True, steps,
+                                    lam=lam_max)
         best = lo if lo.value <= hi.value else hi
-        steps = 2
         slope = lambda u: float(cap - u) / den  # noqa: E731  F - usage, as a float
         while steps < MAX_BREAKPOINT_STEPS:
             a, b = float(lo.mu[0]), float(hi.mu[0])
@@ -344,6 +409,7 @@ class Problem:
         if 1 in self.active:
             two = Problem(self.instance, layers=self.layers)
             two.active = [1]
+            two.start, two.sample = self.start, self.sample
             first = two._lp_one_multiplier()
             mu0 = np.array([first.mu[0] if r == 1 else 0.0 for r in self.active])
             w0 = first.w
@@ -427,7 +493,7 @@ class Problem:
             other = np.where(fits, heads, -np.inf)
             other[l] = -np.inf
             second = float(other.max()) if (other > -np.inf).any() else 0.0
-            end = int(self.layers.counts_ge(np.full(L, max(second, np.nextafter(0, 1))))[l]) \
+            end = self.layers.count_ge(l, max(second, float(np.nextafter(0, 1)))) \
                 if second > 0 else int(self.sizes[l])
             run = max(1, min(end - int(k[l]), room))
             for sl, num in zip(slack, nums):
@@ -447,10 +513,19 @@ class Problem:
         return k
 
     def exchange(self, k: np.ndarray, value: float, max_rounds: int = 20) -> tuple[np.ndarray, float]:
-        """1-out/refill local search: drop the last weight of one layer, refill; keep improvements."""
+        """1-out/refill local search: drop the smallest kept weight of a class, refill greedily.
+
+        A class is a set of layers with identical costs; dropping its smallest kept weight (and
+        filling by largest importance) keeps the largest weights of every class, so one trial
+        per class is enough.
+        """
         for _ in range(max_rounds):
             improved = False
-            for l in np.flatnonzero(k > 0):
+            for members in self.classes:
+                kept = members[k[members] > 0]
+                if kept.size == 0:
+                    continue
+                l = int(kept[np.argmin([self.layers.value(int(m), int(k[m]) - 1) for m in kept])])
                 trial = k.copy()
                 trial[l] -= 1
                 trial = self.fill(trial)
@@ -474,6 +549,65 @@ class Problem:
         return d
 
 
+def _sample_bands(instance: PruningInstance) -> tuple[
+        tuple[np.ndarray, np.ndarray], tuple[dict[int, float], float], "Problem"] | None:
+    """Value bands around the LP thresholds of a strided sample of every layer.
+
+    The sample keeps every m-th weight (m = p // SAMPLE_SIZE) and scales the budgets by the
+    sample's share of each resource, so its LP thresholds estimate the full ones. Band of
+    layer l: the sample values BAND_FRACTION of the layer's ranks above and below its
+    thresholds (at the sample's LP optimum and at the ends of the first bracket). Returns the
+    bands, the sample's multipliers and the sample problem (it estimates w for a given lam),
+    or None for small instances (sort everything).
+    """
+    p = instance.n_weights
+    m = p // SAMPLE_SIZE
+    if m < 8:
+        return None
+    off, imp, costs = instance.offsets, instance.importance, instance.costs
+    L = instance.n_groups
+    groups = [imp[off[l]:off[l + 1]:m] for l in range(L)]
+    ns = np.array([g.size for g in groups], dtype=np.int64)
+    sizes = np.asarray(instance.group_sizes, dtype=np.float64)
+    budgets = []
+    for r in range(instance.n_resources):
+        b = float(instance.budgets[r])
+        total, part = float(np.dot(sizes, costs[:, r])), float(np.dot(ns, costs[:, r]))
+        budgets.append(b * part / total if math.isfinite(b) and total > 0 else b)
+    extra = {name: (costs[:, r].tolist(), budgets[r])
+             for r, name in enumerate(instance.resource_names) if r >= 2}
+    sample = PruningInstance.from_groups(
+        groups, costs[:, 1].tolist(), max_nnz=min(int(round(budgets[0])), int(ns.sum())),
+        max_flops=budgets[1], names=list(instance.names), extra_resources=extra or None)
+    sp = Problem(sample, threads=1)
+    lp = sp.solve_lp()
+    cands = [lp.shifts + lp.w]
+    if sp.active == [1] and lp.mu[0] > 0:
+        # thresholds at the ends of the first bracket, and at lam = 0 when the FLOP budget of
+        # the sample is nearly free there (the full problem may not need the multiplier)
+        lam_s = float(lp.mu[0])
+        for lam in (lam_s * (1 - 2 * START_WIDTH), lam_s * (1 + 2 * START_WIDTH), 0.0):
+            pt = sp.evaluate(np.array([lam]))
+            if lam == 0.0:
+                use = sp.rows.usage(sp.fill_ties(pt, 1, descending=False), 1)
+                if use > sp.rows.cap[1] * 1.2:
+                    continue
+            cands.append(pt.shifts + pt.w)
+    counts = np.array([sp.layers.counts_gt(t) for t in cands])
+    j_lo, j_hi = counts.min(axis=0), counts.max(axis=0)
+    lo, hi = np.full(L, -np.inf), np.full(L, np.inf)
+    for l in range(L):
+        if instance.group_sizes[l] <= SMALL_LAYER:
+            continue
+        d = max(8, int(math.ceil(BAND_FRACTION * ns[l])))
+        if j_lo[l] - d > 0:
+            hi[l] = sp.layers.value(l, int(j_lo[l]) - d)
+        if j_hi[l] + d < ns[l]:
+            lo[l] = sp.layers.value(l, int(j_hi[l]) + d)
+    start = ({r: float(mu) for r, mu in zip(sp.active, lp.mu)}, float(lp.w))
+    return (lo, hi), start, sp
+
+
 def _theta(cap: int, u1: int, u2: int) -> Fraction:
     """Weight of piece 1 (usage u1 >= cap) in the combination spending exactly cap (u2 <= cap)."""
     if u1 == u2:
@@ -490,7 +624,7 @@ def solve_fast(instance: PruningInstance, *, time_limit: float | None = None, re
     """
     if isinstance(search_nodes, bool) or not isinstance(search_nodes, int) or search_nodes < 0:
         raise SolverOptionError(f"`search_nodes` must be an integer >= 0; got {search_nodes!r}")
-    prob = Problem(instance, threads)
+    prob = Problem(instance, threads, banded=True)
     lp = prob.solve_lp()
     k = prob.fill(lp.floor)
     value = prob.value_of(k)
@@ -509,4 +643,5 @@ def solve_fast(instance: PruningInstance, *, time_limit: float | None = None, re
         if res.finished:
             bound, proven = min(bound, value + 64 * EPS * abs(value)), True
     mask = prob.layers.mask_from_counts(instance, k)
+    extra["full_sorts"] = prob.layers.n_full_sorts
     return RawSolution(mask, bound, "optimal" if proven else "heuristic", extra)

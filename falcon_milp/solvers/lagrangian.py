@@ -73,7 +73,7 @@ def solve_lagrangian(instance: PruningInstance, *, time_limit: float | None = No
                      max_steps: int = 200) -> RawSolution:
     """The paper's golden-section Lagrangian with reduced-cost prefix rounding; returns its dual bound."""
     start = time.perf_counter()
-    prob = Problem(instance, threads)
+    prob = Problem(instance, threads, lattice=False)
     layers = prob.layers
     S = prob.S
     F = float(instance.budgets[1]) if instance.n_resources > 1 else math.inf
