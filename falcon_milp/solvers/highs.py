@@ -16,8 +16,31 @@ matrix nonzeros, through highspy above (Pyomo adds about 10 us per nonzero).
 Options: ``time_limit`` (seconds of wall time for the whole call: model building counts, HiGHS
 gets what is left), ``rel_gap`` (HiGHS ``mip_rel_gap``; 0 by default for these exact solvers,
 with ``mip_abs_gap = 0`` so only a proven optimum stops the search), ``threads``, and
-``backend``. The LP runs the simplex method with presolve off (HiGHS presolve is very slow on
-this two-row LP) so its solution is basic.
+``backend``. The LP runs HiGHS's interior-point method with crossover and presolve off, so its
+solution is basic (see "Time limits" for why not the simplex method).
+
+Time limits (measured with ``benchmarks/bench_highs_time_limit.py``, command and table in its
+docstring): the limit covers the whole call; HiGHS gets what model building left. HiGHS checks
+its clock only between steps, and on these 2-3-row models with 10^4-10^5 identical columns per
+layer some single steps are quadratic in the layer size and never look at the clock:
+
+- the dual simplex method's first iteration (``HEkkDualRow::chooseFinal``, the bound-flipping
+  ratio test over every column): 30-55 s on the ResNet20-shaped LP (268,336 weights). The LP
+  therefore uses interior point + crossover (2.3 s to optimal there; its time limit is honoured,
+  e.g. 0.6 s for a 0.5 s limit);
+- in the MILPs (not fixable by options): presolve's parallel-column detection
+  (``HPresolve::detectParallelRowsAndCols``, in the MIP presolve and again in the root LP's own
+  presolve, which HiGHS switches on itself), and the root randomized rounding
+  (``randomizedRounding`` -> conflict analysis) when the limit cut the root LP short. Measured
+  overruns: 20,000 weights in 20 layers 1.3 s for a 0.5 s limit; MNIST CNN (46,608 weights)
+  50 s for a 20 s limit; ResNet20 shape (268,336) not back after 120 s for a 10 s limit.
+  ``presolve="off"`` or switching the parallel rule off (``presolve_rule_off`` bit 13) does not
+  help: the root LP presolve still runs and the rounding then overruns more (11 s for 0.5 s).
+  The MILP options are therefore unchanged: their limit holds within about a second on 20,000
+  weights in 20 layers (1.07x at a 3 s limit), the overrun grows with the square of the layer
+  size, and above about 10^5 weights it is minutes (the benchmark suite caps ``highs-ilp`` at
+  30,000 weights for this reason). A hard limit there would need HiGHS run in a child process
+  that is killed (not done). ``extra["solve_s"]`` reports HiGHS's own share.
 
 Bounds: MILPs report HiGHS's ``mip_dual_bound``. The LP reports the Lagrangian value
 ``y.b + sum_j max(0, c_j - (A^T y)_j) * u_j`` at the row duals y >= 0 HiGHS returns: an upper
@@ -144,7 +167,7 @@ def _new_highs():
 def _highs_options(kind: str, time_limit: float | None, rel_gap: float, threads: int | None) -> dict[str, Any]:
     opts: dict[str, Any] = {"output_flag": False, "random_seed": 0, "small_matrix_value": 1e-12}
     if kind == "lp":
-        opts.update(presolve="off", solver="simplex")
+        opts.update(presolve="off", solver="ipm", run_crossover="on")
     else:
         opts.update(mip_rel_gap=float(rel_gap), mip_abs_gap=0.0)
     if time_limit is not None:
@@ -429,7 +452,7 @@ def solve_compact(instance: PruningInstance, *, time_limit: float | None = None,
 
 def solve_lp(instance: PruningInstance, *, time_limit: float | None = None, rel_gap: float = 0.0,
              threads: int | None = None, **options: Any) -> RawSolution:
-    """LP relaxation by the simplex method (presolve off). Mask: the weights with z_i >= 1 - 1e-9
+    """LP relaxation by interior point + crossover (presolve off), so the solution is basic. Mask: the weights with z_i >= 1 - 1e-9
     (fractional ones dropped, so the mask fits every budget); bound: the Lagrangian value at
     HiGHS's row duals (= the LP optimum at optimal duals, valid for any duals);
     ``extra["n_fractional"]``: entries in (1e-9, 1 - 1e-9), at most the number of rows at a
