@@ -12,6 +12,26 @@ Every run is a fresh child process (so one overrun cannot hide another, and a ru
 overruns badly is killed at ``--cap`` seconds and reported as ``>cap``). ``wall_s`` is the
 wall time of the ``falcon_milp.solve`` call inside the child (model building included);
 ``over`` = wall_s / limit. Keep runs few: the machine is shared.
+
+Measured (2-CPU machine shared with other jobs, highspy 1.16.0, threads=1), command
+``.venv/bin/python benchmarks/bench_highs_time_limit.py --cases
+lp-resnet20,ilp-20k-0.5,ilp-20k-3,compact-20k-0.5 --cap 120``:
+
+| case | solver | weights | limit s | variant | wall s | wall / limit | status | termination | gap | HiGHS solve_s |
+|---|---|---|---|---|---|---|---|---|---|---|
+| lp-resnet20 | highs-lp | 268336 | 10 | before | 45.80 | 4.58 | no_solution | time_limit | inf | 45.68 |
+| lp-resnet20 | highs-lp | 268336 | 10 | after | 3.04 | 0.30 | feasible | optimal | 2.03e-05 | 2.90 |
+| ilp-20k-0.5 | highs-ilp | 20000 | 0.5 | before | 1.36 | 2.72 | no_solution | time_limit | inf | 1.35 |
+| ilp-20k-0.5 | highs-ilp | 20000 | 0.5 | after | 1.41 | 2.82 | no_solution | time_limit | inf | 1.41 |
+| ilp-20k-3 | highs-ilp | 20000 | 3 | before | 3.77 | 1.26 | feasible | time_limit | 0.000102 | 3.76 |
+| ilp-20k-3 | highs-ilp | 20000 | 3 | after | 3.03 | 1.01 | feasible | time_limit | 0.000102 | 3.02 |
+| compact-20k-0.5 | highs-compact | 20000 | 0.5 | before | 0.55 | 1.10 | feasible | time_limit | 0.0028 | 0.53 |
+| compact-20k-0.5 | highs-compact | 20000 | 0.5 | after | 0.52 | 1.04 | feasible | time_limit | 0.0028 | 0.50 |
+
+and ``--cases ilp-mnist_cnn-flexrel-f10,ilp-resnet20 --variants before --cap 120`` (the MILP
+options in use): MNIST CNN 50.4 s for a 20 s limit (no solution); ResNet20 shape killed at
+120 s for a 10 s limit. (With presolve rule 13 off, tried and dropped: 69.3 s, killed at 120 s,
+and 11.0 s for ilp-20k-0.5.)
 """
 from __future__ import annotations
 
