@@ -32,6 +32,12 @@ deterministic). The returned bound is the certified dual value ``D(lam*, w*)`` (
 rounding margin), or the proven optimum when that short search finishes, so the reported gap
 is certified.
 
+Sorting. On large instances (``p >= 8 * SAMPLE_SIZE``) the LP is first solved on a strided
+sample of 200,000 weights; every layer then sorts only the weights inside a band of values
+around the sample's thresholds (about 12% of them), and the breakpoint search starts from a
+bracket around the sample's multiplier (widened until it holds). A query outside a band sorts
+that layer entirely first, so the results are those of a full sort; only the time differs.
+
 More than two rows (extra resources): the dual has several multipliers and the search above
 no longer applies. The LP is then solved over a *core*: the two-row LP gives first
 thresholds, weights far above (below) their layer threshold are fixed to 1 (0), SciPy's HiGHS
@@ -322,19 +328,33 @@ class Problem:
         steps = 0
         if self.start is not None and r in self.start[0]:
             lam_s = self.start[0][r]
-            lams = sorted({lam_s * (1 - START_WIDTH), lam_s * (1 + START_WIDTH)}) if lam_s > 0 else [0.0]
-            for lam in lams:
-                pt = self.evaluate(np.array([lam]), hint=self._w_hint(r, lam))
-                steps += 1
-                k_min, u_min, k_max, u_max = pieces(pt)
-                if u_min <= cap <= u_max:
-                    return self._finish(pt, k_max, k_min, _theta(cap, u_max, u_min), True, steps, lam=lam)
-                if lam == 0.0 and u_min <= cap:     # the budget does not bind: lam = 0
-                    return self._finish(pt, k_min, k_min, Fraction(1), True, steps, lam=0.0)
-                if u_min > cap:
-                    lo, lo_min, lo_umin, lo_max, lo_umax = pt, k_min, u_min, k_max, u_max
-                elif hi is None:
-                    hi, hi_min, hi_umin, hi_max, hi_umax = pt, k_min, u_min, k_max, u_max
+            # lam_s * (1 -+ width), the width doubling (up to 4 times) until the kink is bracketed
+            width = START_WIDTH
+            tried: set[float] = set()
+            for _ in range(4 if lam_s > 0 else 1):
+                lams = []
+                if lo is None:
+                    lams.append(max(0.0, lam_s * (1 - width)))
+                if hi is None and lam_s > 0:
+                    lams.append(lam_s * (1 + width))
+                for lam in sorted(set(lams) - tried):
+                    tried.add(lam)
+                    pt = self.evaluate(np.array([lam]), hint=self._w_hint(r, lam))
+                    steps += 1
+                    k_min, u_min, k_max, u_max = pieces(pt)
+                    if u_min <= cap <= u_max:
+                        return self._finish(pt, k_max, k_min, _theta(cap, u_max, u_min), True, steps,
+                                            lam=lam)
+                    if lam == 0.0 and u_min <= cap:     # the budget does not bind: lam = 0
+                        return self._finish(pt, k_min, k_min, Fraction(1), True, steps, lam=0.0)
+                    if u_min > cap:
+                        if lo is None or lam > float(lo.mu[0]):
+                            lo, lo_min, lo_umin, lo_max, lo_umax = pt, k_min, u_min, k_max, u_max
+                    elif hi is None or lam < float(hi.mu[0]):
+                        hi, hi_min, hi_umin, hi_max, hi_umax = pt, k_min, u_min, k_max, u_max
+                if lo is not None and hi is not None:
+                    break
+                width *= 2
         if lo is None:
             lo = self.evaluate(np.zeros(1), hint=self._w_hint(r, 0.0))
             steps += 1
