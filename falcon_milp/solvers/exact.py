@@ -30,6 +30,13 @@ a slack of ``SEARCH_TOL`` (1e-13) times the dual value, so the search never prun
 better than the incumbent by more than that; the status is ``optimal`` when the certified gap
 is at most :data:`~falcon_milp.solvers.registry.OPTIMALITY_TOL` (1e-9).
 
+Fallback. If the search has not finished after ``MILP_AFTER`` (30,000) nodes -- many classes
+with wide windows, typically several extra rows with different costs -- the same windowed
+problem is handed to HiGHS as a compact MILP (an integer count and a value per class, one cut
+per window segment of the concave value). Its answer is re-checked with exact integer budgets;
+the optimality proof is then HiGHS's (``extra["windowed_milp"]``; its dual-bound slack is added
+to the bound). The architecture-shaped instances never need it.
+
 With more than two resource rows the certificate and the search stay exact (the identity
 holds for any multipliers); the multipliers come from the LP over a core solved by HiGHS (see
 :mod:`~falcon_milp.solvers.fast`), so the windows may be wider and the search longer. On time
