@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..exceptions import InvalidInstanceError
-from .quadratic import QuadraticModel, frobenius2
+from .quadratic import QuadraticModel
 
 
 @dataclass
@@ -66,21 +66,23 @@ def block_ranges(group_sizes: Sequence[int] | None, p: int, block_size: int) -> 
 class BlockPreconditioner:
     """The exact inverse of the block-diagonal part of H restricted to the support.
 
-    Built once per support: a Cholesky factor per block, in the smaller of the primal
-    (|B| x |B|) and dual (n x n, Woodbury) forms; float64, computed with torch (MKL). Grams are
-    formed in X's dtype (float32 GEMM) and factorised in float64. Memory: min(|B|, n)^2 float64
-    per block, plus float64 copies of the dual blocks' columns up to ``cache_bytes`` (the other
-    dual blocks are converted at each application).
+    Built once per support: for every block the inverse L^-1 of the Cholesky factor of its
+    matrix, in the smaller of the primal (|B| x |B|) and dual (n x n, Woodbury) forms, float64,
+    computed with torch (MKL) from a Gram matrix formed in X's dtype. Storing L^-1 makes each
+    application two matrix-vector products (torch's triangular solves with one right-hand
+    side are much slower on CPU). Memory:
+    8 min(|B|, n)^2 bytes per block, plus float64 copies of the dual blocks' columns up to
+    ``cache_bytes`` (the other dual blocks are converted at each application).
     """
 
     def __init__(self, model: QuadraticModel, mask: np.ndarray, blocks: list[tuple[int, int]],
-                 shift: float | None = None, cache_bytes: int = 512 * 2**20) -> None:
+                 shift: float | None = None, cache_bytes: int = 256 * 2**20) -> None:
         self.model = model
         n = model.n
         c = 2.0 * model.lam2 if shift is None else float(shift)
         if c <= 0.0:
             # H_KK is singular when |K| > n and lam2 = 0: add a tiny ridge relative to diag(F)
-            c = 1e-8 * frobenius2(model.X) / max(model.p, 1) + 1e-300
+            c = 1e-8 * model.fro2 / max(model.p, 1) + 1e-300
         self.c = c
         self.blocks: list[tuple[np.ndarray, torch.Tensor, str, torch.Tensor, torch.Tensor | None]] = []
         cached = 0
@@ -90,45 +92,47 @@ class BlockPreconditioner:
                 continue
             tidx = torch.from_numpy(idx)
             XB = model.X[:, tidx]
+            keep = None
             if idx.size <= n:
                 gram = (XB.T @ XB).to(torch.float64)
-                form, keep = "primal", None
+                form = "primal"
             else:
                 gram = (XB @ XB.T).to(torch.float64)
-                form, keep = "dual", None
+                form = "dual"
                 size = 8 * n * idx.size
                 if cached + size <= cache_bytes:
                     keep = XB.to(torch.float64)
                     cached += size
             gram.diagonal().add_(c)
-            self.blocks.append((idx, tidx, form, _chol(gram), keep))
+            self.blocks.append((idx, tidx, form, _spd_inverse(gram), keep))
         self.cached_bytes = cached
 
     def apply(self, v: np.ndarray) -> np.ndarray:
         """M v for a (p,) vector (entries off the support are ignored and returned as 0)."""
         out = np.zeros(v.shape[0], dtype=np.float64)
-        for idx, tidx, form, factor, keep in self.blocks:
-            vb = torch.from_numpy(v[idx]).unsqueeze(1)
+        for idx, tidx, form, inv, keep in self.blocks:
+            vb = torch.from_numpy(v[idx])
             if form == "primal":
-                out[idx] = torch.cholesky_solve(vb, factor).squeeze(1).numpy()
+                out[idx] = torch.mv(inv.T, torch.mv(inv, vb)).numpy()
             else:
                 XB = keep if keep is not None else self.model.X[:, tidx].to(torch.float64)
-                y = torch.cholesky_solve(XB @ vb, factor)
-                out[idx] = ((vb - XB.T @ y) / self.c).squeeze(1).numpy()
+                y = torch.mv(inv.T, torch.mv(inv, torch.mv(XB, vb)))
+                out[idx] = ((vb - torch.mv(XB.T, y)) / self.c).numpy()
         return out
 
 
-def _chol(a: torch.Tensor) -> torch.Tensor:
-    """Lower Cholesky factor, with a growing jitter if round-off made ``a`` indefinite."""
+def _spd_inverse(a: torch.Tensor) -> torch.Tensor:
+    """L^-1 for the Cholesky factor L of a symmetric positive definite matrix (so that
+    a^-1 = L^-T L^-1), with a growing jitter if round-off made ``a`` indefinite."""
     scale = float(a.diagonal().mean()) or 1.0
     jitter = 0.0
+    eye = torch.eye(a.shape[0], dtype=a.dtype)
     for _ in range(8):
         if jitter:
-            a = a.clone()
-            a.diagonal().add_(jitter)
+            a = a + jitter * eye
         factor, info = torch.linalg.cholesky_ex(a)
         if int(info) == 0:
-            return factor
+            return torch.linalg.solve_triangular(factor, eye, upper=False)
         jitter = max(jitter * 10.0, 1e-12 * scale)
     raise np.linalg.LinAlgError("backsolve: block matrix is not positive definite")
 
@@ -154,7 +158,7 @@ def conjugate_gradient(model: QuadraticModel, w: np.ndarray, mask: np.ndarray, *
     rz = float(r @ z)
     it = 0
     converged = False
-    while it < max_iter:
+    while it < max_iter and rz > 0.0:
         Hd = np.where(mask, model.hessvec(d), 0.0)
         curv = float(d @ Hd)
         if curv <= 0.0 or not math.isfinite(curv):
@@ -174,7 +178,7 @@ def conjugate_gradient(model: QuadraticModel, w: np.ndarray, mask: np.ndarray, *
 
 
 def backsolve(model: QuadraticModel, mask: np.ndarray, *, w_start: np.ndarray | None = None,
-              group_sizes: Sequence[int] | None = None, block_size: int = 2000, max_iter: int = 10,
+              group_sizes: Sequence[int] | None = None, block_size: int = 2000, max_iter: int = 5,
               tol: float = 1e-6) -> BacksolveResult:
     """Minimise Q on the support ``mask`` by block-preconditioned CG (see module docstring).
 

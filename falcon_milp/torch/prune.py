@@ -49,7 +49,7 @@ from .dfo import DFOResult, Projector, dfo
 from .flops import (PrunableLayer, dense_flops, dense_nnz, flat_weights, flops_vector, group_sizes,
                     prunable_layers, set_flat_weights)
 from .masks import apply_mask, is_masked, layer_usage, remove_masks
-from .quadratic import QuadraticModel, default_lam2
+from .quadratic import QuadraticModel
 from .schedules import gradual_epochs, stage_budgets
 
 __all__ = ["METHODS", "PruneReport", "GradualReport", "gradual_prune", "prune_model"]
@@ -120,7 +120,7 @@ def _real_option(value: Any, name: str, low: float = 0.0, strict: bool = False) 
     ok = (not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(float(value))
           and (float(value) > low if strict else float(value) >= low))
     if not ok:
-        raise OptionError(f"`{name}` must be a finite number {'>' if strict else '>='} {low}; got {value!r}")
+        raise OptionError(f"`{name}` must be a finite number {'>' if strict else '>='} {low:g}; got {value!r}")
     return float(value)
 
 
@@ -135,11 +135,12 @@ def _check_calib(calib: Any) -> Calib:
     return x, y
 
 
-def _subsample(calib: Calib, n: int, seed: int) -> Calib:
+def _subsample(calib: Calib, n: int, seed: int, stage: int = 0) -> Calib:
+    """``n`` examples drawn without replacement; stage k > 0 draws another subset."""
     x, y = calib
     if n >= x.shape[0]:
         return x, y
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(int(seed) + 1_000_003 * int(stage))
     idx = torch.randperm(x.shape[0], generator=gen)[:n]
     return x[idx], y[idx]
 
@@ -152,6 +153,16 @@ def _gradients(model: nn.Module, layers: Sequence[PrunableLayer], calib: Calib,
     G = per_sample_grads(model, calib[0], calib[1], layers, loss_fn, chunk_size)
     G /= math.sqrt(G.shape[0])
     return G.numpy()
+
+
+def _quadratic(X: np.ndarray, w0: np.ndarray, lam2: float | None, lam2_rel: float,
+               alpha: float) -> QuadraticModel:
+    """Q at w0; lam2 = lam2_rel * mean(diag Fisher) unless given; g = mean gradient if alpha."""
+    g = X.sum(axis=0, dtype=np.float64) / math.sqrt(X.shape[0]) if alpha else None
+    qm = QuadraticModel(X, w0, 0.0 if lam2 is None else lam2, alpha, g)
+    if lam2 is None:
+        qm.lam2 = lam2_rel * qm.fro2 / max(qm.p, 1)
+    return qm
 
 
 def _mean_loss(model: nn.Module, calib: Calib, loss_fn: Callable | None, batch: int = 512) -> float:
@@ -217,8 +228,9 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
                 nnz_fraction: float | None = None, method: str = "falcon", solver: str = "fast", *,
                 n_grads: int = 1000, lam2: float | None = None, lam2_rel: float = 1e-2,
                 alpha: float = 0.0, stages: int = 10, schedule_start: float = 0.7,
-                schedule_power: float = 3.0, max_iter: int = 100, tol: float = 1e-4,
-                patience: int | None = 5, step: str = "lipschitz", refine_iters: int = 0, block_size: int = 2000, backsolve_iters: int = 10,
+                schedule_power: float = 3.0, resample: bool = True, max_iter: int = 100, tol: float = 1e-4,
+                patience: int | None = 5, step: str = "lipschitz", refine_iters: int = 0,
+                block_size: int = 2000, backsolve_iters: int = 5,
                 include: Any = None, loss_fn: Callable | None = None, seed: int = 0,
                 chunk_size: int | None = None, compute_objective: bool = True,
                 keep_masks: bool = False, solver_options: dict[str, Any] | None = None,
@@ -235,6 +247,8 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
         for every projection / selection (``fast``, ``exact``, ``highs-compact``, ...).
     lam2 : ridge of Q; default ``lam2_rel * mean(diag Fisher)``. alpha : first-order weight.
     stages, schedule_start, schedule_power : FALCON++ schedule (:mod:`.schedules`).
+    resample : FALCON++ draws a fresh calibration subset at every stage (when ``calib`` holds
+        more than ``n_grads`` examples), so that the backsolves do not all fit the same ones.
     max_iter, tol, patience, step, refine_iters : DFO options (:func:`falcon_milp.torch.dfo.dfo`).
     block_size, backsolve_iters : backsolve options (:func:`.backsolve.backsolve`).
     include : which modules are prunable (:func:`falcon_milp.torch.flops.prunable_layers`).
@@ -267,8 +281,8 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
     alpha = _real_option(alpha, "alpha", -math.inf)
     tol = _real_option(tol, "tol")
     _fraction(schedule_start, "schedule_start")
-    calib = _check_calib(calib)
-    calib = _subsample(calib, n_grads, seed)
+    pool = _check_calib(calib)
+    calib = _subsample(pool, n_grads, seed)
 
     layers = prunable_layers(model, calib[0][:1], include)
     sizes = group_sizes(layers)
@@ -302,9 +316,7 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
         t = time.perf_counter()
         X = _gradients(model, layers, calib, loss_fn, chunk_size)
         times["gradients"] += time.perf_counter() - t
-        lam = default_lam2(X, lam2_rel) if lam2 is None else lam2
-        g = X.sum(axis=0, dtype=np.float64) / math.sqrt(X.shape[0]) if alpha else None
-        q0 = QuadraticModel(X, w0, lam, alpha, g)
+        q0 = _quadratic(X, w0, lam2, lam2_rel, alpha)
     lam_used = None if q0 is None else q0.lam2
 
     def make_projector(s: int | None, f: float | None) -> Projector:
@@ -348,11 +360,10 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
             else:
                 _write(layers, w, mask, keep_masks)
                 t = time.perf_counter()
-                Xk = _gradients(model, layers, calib, loss_fn, chunk_size)
+                calib_k = _subsample(pool, n_grads, seed, k) if resample else calib
+                Xk = _gradients(model, layers, calib_k, loss_fn, chunk_size)
                 times["gradients"] += time.perf_counter() - t
-                lam_k = default_lam2(Xk, lam2_rel) if lam2 is None else lam2
-                gk = Xk.sum(axis=0, dtype=np.float64) / math.sqrt(Xk.shape[0]) if alpha else None
-                qk = QuadraticModel(Xk, w, lam_k, alpha, gk)
+                qk = _quadratic(Xk, w, lam2, lam2_rel, alpha)
             s_k, f_k = budgets(nf, ff)
             w, mask, res = run_falcon(qk, make_projector(s_k, f_k), f"stage {k + 1}/{stages}")
             report_stages.append({"stage": k + 1, "nnz_fraction": nf, "flops_fraction": ff,
@@ -373,7 +384,7 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
         else:  # obs
             from .importance import obs_inverse_diagonal
             assert q0 is not None
-            lam_obs = q0.lam2 if q0.lam2 > 0 else default_lam2(q0.X, 1e-2) or 1e-12
+            lam_obs = q0.lam2 if q0.lam2 > 0 else (1e-2 * q0.fro2 / max(q0.p, 1) or 1e-12)
             diag = obs_inverse_diagonal(q0.X, lam_obs)
             mask = proj(w0 * w0 / diag)
             n_proj += 1
@@ -446,7 +457,7 @@ def _sgd_epoch(model: nn.Module, data: Calib, lr: float, momentum: float, batch_
         opt.zero_grad()
         loss.backward()
         opt.step()
-        total += float(loss) * idx.numel()
+        total += float(loss.detach()) * idx.numel()
     model.eval()
     return total / x.shape[0]
 

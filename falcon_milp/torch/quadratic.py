@@ -41,12 +41,11 @@ def as_tensor(X: Matrix) -> torch.Tensor:
 
 
 def frobenius2(X: Matrix) -> float:
-    """||X||_F^2 accumulated in float64, in column blocks (no full float64 copy)."""
+    """||X||_F^2, row blocks' norms in X's dtype summed in float64 (no copy of X)."""
     Xt = as_tensor(X)
     total = 0.0
-    for j in range(0, Xt.shape[1], 16384):
-        blk = Xt[:, j:j + 16384].to(torch.float64)
-        total += float((blk * blk).sum())
+    for i in range(0, Xt.shape[0], 64):
+        total += float(torch.linalg.vector_norm(Xt[i:i + 64])) ** 2
     return total
 
 
@@ -99,6 +98,13 @@ class QuadraticModel:
         self.w0 = w0
 
     # ------------------------------------------------------------------ sizes
+    @property
+    def fro2(self) -> float:
+        """||X||_F^2 = trace of the Fisher (computed once)."""
+        if getattr(self, "_fro2", None) is None:
+            self._fro2 = frobenius2(self.X)
+        return self._fro2
+
     @property
     def n(self) -> int:
         return int(self.X.shape[0])
@@ -157,17 +163,18 @@ class QuadraticModel:
         and capped by the sure upper bound ||X||_F^2. (The DFO loop also backtracks if a step
         fails to decrease Q, so a slight underestimate can never make it diverge.)
         """
-        return lipschitz_constant(self.X, self.lam2, iters=iters, tol=tol, safety=safety, seed=seed)
+        return lipschitz_constant(self.X, self.lam2, iters=iters, tol=tol, safety=safety, seed=seed,
+                                  fro2=self.fro2)
 
 
 def lipschitz_constant(X: Matrix, lam2: float = 0.0, *, iters: int = 30, tol: float = 1e-4,
-                       safety: float = 1.05, seed: int = 0) -> float:
+                       safety: float = 1.05, seed: int = 0, fro2: float | None = None) -> float:
     """sigma_max(X)^2 (power iteration on X^T X, times ``safety``, capped by ||X||_F^2) + 2 lam2."""
     Xt = as_tensor(X)
     n, p = Xt.shape
     if n == 0 or p == 0:
         return 2.0 * lam2
-    fro2 = frobenius2(Xt)
+    fro2 = frobenius2(Xt) if fro2 is None else fro2
     if fro2 == 0.0:
         return 2.0 * lam2
     rng = np.random.default_rng(seed)

@@ -1,0 +1,171 @@
+"""``falcon-milp prune``: prune a named architecture with FALCON or a baseline, with progress bars.
+
+Loaded by :mod:`falcon_milp.cli`; importing this module does not import torch (``run`` does).
+
+    falcon-milp prune --arch mnist_cnn --flops-fraction 0.2 --method falcon++ --stages 5 \\
+        --test-data ../shared/data/mnist -o cnn_pruned.pt
+    falcon-milp prune --arch resnet20 --random-init --data random --n-grads 1000 \\
+        --flops-fraction 0.3 --method falcon --json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+_ARCHS = ("resnet20", "mobilenetv1", "resnet50", "mnist_mlp", "mnist_cnn")
+_METHODS = ("falcon", "falcon++", "magnitude", "layerwise-magnitude", "ratio-greedy", "obs", "nnz-only")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``prune`` options to ``parser``."""
+    parser.add_argument("--arch", required=True, choices=_ARCHS, help="architecture name")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="state_dict file (default: the bundled weights of mnist_mlp / mnist_cnn)")
+    parser.add_argument("--random-init", action="store_true",
+                        help="randomly initialised weights (seeded by --seed) instead of a checkpoint")
+    parser.add_argument("--data", metavar="SPEC",
+                        help="calibration data: 'mnist5k' (default for MNIST networks), 'random' (Gaussian "
+                             "inputs, random labels) or a directory with MNIST train-* IDX files or the "
+                             "CIFAR-10 python batches (training split only)")
+    parser.add_argument("--flops-fraction", type=float, default=None, metavar="F",
+                        help="kept fraction of the dense FLOPs (MACs), in [0, 1]")
+    parser.add_argument("--nnz-fraction", type=float, default=None, metavar="F",
+                        help="kept fraction of the prunable weights, in [0, 1] (default: no NNZ budget)")
+    parser.add_argument("--method", default="falcon", choices=_METHODS)
+    parser.add_argument("--solver", default="fast", metavar="NAME",
+                        help="ILP solver for every projection (fast, exact, highs-compact, ratio-greedy, ...)")
+    parser.add_argument("--n-grads", type=int, default=1000, metavar="N",
+                        help="calibration examples for the per-sample gradients (default 1000)")
+    parser.add_argument("--lam2-rel", type=float, default=1e-2,
+                        help="ridge lam2 as a multiple of the mean diagonal of the Fisher (default 1e-2)")
+    parser.add_argument("--stages", type=int, default=10, help="falcon++: number of stages (default 10)")
+    parser.add_argument("--max-iter", type=int, default=100, help="DFO iterations at most (default 100)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration subset and random init")
+    parser.add_argument("--test-data", metavar="DIR",
+                        help="MNIST directory with the t10k IDX files: report test accuracy before and after")
+    parser.add_argument("-o", "--output", metavar="FILE", help="save the pruned state_dict here")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _calibration(spec: str | None, arch: str, n: int, seed: int) -> Any:
+    import torch
+
+    from . import OptionError
+    from .architectures import ARCHITECTURES
+    from .data import load_cifar10, load_mnist, load_mnist_5k, subset
+
+    arch_spec = ARCHITECTURES[arch]
+    if n < 1:
+        raise OptionError(f"`--n-grads` must be >= 1; got {n}")
+    if spec is None:
+        if arch_spec.dataset != "mnist":
+            raise OptionError(f"arch '{arch}' needs calibration data: pass --data DIR or --data random")
+        spec = "mnist5k"
+    if spec == "mnist5k":
+        x, y = load_mnist_5k()
+    elif spec == "random":
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn((n, *arch_spec.input_shape), generator=gen)
+        y = torch.randint(0, arch_spec.num_classes, (n,), generator=gen)
+    else:
+        root = Path(spec)
+        if not root.is_dir():
+            raise OptionError(f"`--data` must be 'mnist5k', 'random' or a directory; '{spec}' is neither")
+        if any((root / f"train-images-idx3-ubyte{s}").is_file() for s in ("", ".gz")):
+            x, y = load_mnist(root, "train")
+        elif (root / "data_batch_1").is_file() or (root / "cifar-10-batches-py").is_dir():
+            x, y = load_cifar10(root, "train")
+        else:
+            raise OptionError(f"`--data` directory '{spec}' holds no training data (MNIST train-images "
+                              "IDX or CIFAR-10 data_batch_*); test sets are never used for calibration")
+    return subset(x, y, n, seed)
+
+
+def _accuracy(model: Any, data: Any) -> float:
+    import torch
+    x, y = data
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for s in range(0, x.shape[0], 1000):
+            correct += int((model(x[s:s + 1000]).argmax(1) == y[s:s + 1000]).sum())
+    return correct / x.shape[0]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model, prune it, print the report (and save the pruned weights)."""
+    from . import OptionError
+
+    if args.checkpoint and args.random_init:
+        raise OptionError("give `--checkpoint` or `--random-init`, not both")
+    if args.flops_fraction is None and args.nnz_fraction is None:
+        raise OptionError("give `--flops-fraction` and/or `--nnz-fraction`")
+    for name in ("flops_fraction", "nnz_fraction"):       # fail before any loading
+        value = getattr(args, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise OptionError(f"`{name}` must be in [0, 1]; got {value!r}")
+    if not args.checkpoint and not args.random_init and args.arch not in ("mnist_mlp", "mnist_cnn"):
+        raise OptionError(f"`--checkpoint` is required for arch '{args.arch}' (no bundled weights); "
+                          "or pass --random-init")
+    from .architectures import build_model, load_checkpoint, pretrained_path   # imports torch
+    from .masks import save_pruned
+    from .prune import prune_model
+
+    model = build_model(args.arch, seed=args.seed)
+    if args.checkpoint:
+        load_checkpoint(model, args.checkpoint)
+    elif not args.random_init:
+        load_checkpoint(model, pretrained_path(args.arch))
+    model.eval()
+    test = None
+    if args.test_data:
+        from .data import load_mnist
+        test = load_mnist(args.test_data, "test")
+    calib = _calibration(args.data, args.arch, args.n_grads, args.seed)
+    acc_before = _accuracy(model, test) if test is not None else None
+
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+        bar = tqdm(desc=args.method, unit="it", leave=False, dynamic_ncols=True)
+
+    def progress(phase: str, it: int, q: float) -> None:
+        if bar is not None:
+            bar.set_description(f"{args.method} {phase}", refresh=False)
+            bar.set_postfix_str(f"Q={q:.4g}", refresh=False)
+            bar.update(1)
+
+    try:
+        report = prune_model(model, calib, args.flops_fraction, args.nnz_fraction, args.method,
+                             args.solver, n_grads=args.n_grads, lam2_rel=args.lam2_rel,
+                             stages=args.stages, max_iter=args.max_iter, seed=args.seed,
+                             callback=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    acc_after = _accuracy(model, test) if test is not None else None
+    if args.output:
+        save_pruned(model, args.output)
+    if args.json:
+        out = report.to_dict()
+        out.update({"test_accuracy_before": acc_before, "test_accuracy_after": acc_after,
+                    "output": args.output})
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    print(f"{args.arch} {args.method} (solver {args.solver}): kept NNZ {report.kept_nnz:,}/"
+          f"{report.dense_nnz:,} ({report.kept_nnz_fraction:.1%}), FLOPs {report.kept_flops:,}/"
+          f"{report.dense_flops:,} ({report.kept_flops_fraction:.1%}), within budgets: "
+          f"{report.within_budgets}")
+    if report.objective_before is not None:
+        print(f"  Q: {report.objective_before:.4g} (magnitude start) -> {report.objective_after:.4g}; "
+              f"calibration loss {report.loss_before:.4f} -> {report.loss_after:.4f}")
+    if acc_before is not None:
+        print(f"  test accuracy {acc_before:.4f} -> {acc_after:.4f}")
+    phases = ", ".join(f"{k} {v:.2f}s" for k, v in report.times.items() if v >= 0.005)
+    print(f"  time: {phases}")
+    if args.output:
+        print(f"  wrote {args.output}")
+    return 0

@@ -1,0 +1,210 @@
+"""prune_model on a tiny network: every method, budgets met exactly, report fields, errors, CLI."""
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from falcon_milp import UnknownSolverError, check_mask
+from falcon_milp.torch import OptionError
+from falcon_milp.torch.flops import flat_weights, prunable_layers
+from falcon_milp.torch.masks import is_masked
+from falcon_milp.torch.prune import METHODS, gradual_prune, prune_model
+
+
+class Tiny(nn.Module):
+    """conv3x3(1->3) on 8x8 (f = 36), linear(108->5) (f = 1), linear(5->4) (f = 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.fc1 = nn.Linear(3 * 6 * 6, 5)
+        self.fc2 = nn.Linear(5, 4)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(torch.flatten(torch.relu(self.conv(x)), 1))))
+
+
+def tiny(seed=0, n=48):
+    torch.manual_seed(seed)
+    model = Tiny().eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(n, 1, 8, 8, generator=gen)
+    y = torch.randint(0, 4, (n,), generator=gen)
+    return model, (x, y)
+
+
+def measured(model, x):
+    layers = prunable_layers(model, x[:1])
+    nnz = sum(int((l.weight != 0).sum()) for l in layers)
+    flops = sum(int((l.weight != 0).sum()) * l.flops_per_weight for l in layers)
+    return nnz, flops, layers
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_meets_the_budgets(method):
+    model, calib = tiny()
+    before = flat_weights(prunable_layers(model, calib[0][:1]))
+    rep = prune_model(model, calib, flops_fraction=0.3, nnz_fraction=0.6, method=method, solver="fast",
+                      n_grads=32, stages=3, max_iter=20)
+    nnz, flops, layers = measured(model, calib[0])
+    assert (rep.kept_nnz, rep.kept_flops) == (nnz, flops)
+    assert rep.dense_nnz == 27 + 540 + 20 and rep.dense_flops == 27 * 36 + 540 + 20
+    assert rep.kept_nnz_fraction == pytest.approx(nnz / rep.dense_nnz)
+    if method == "nnz-only":       # the FLOP budget is reported, not enforced
+        assert rep.max_flops is None and nnz <= rep.max_nnz == math.floor(0.6 * 587)
+    else:
+        assert nnz <= rep.max_nnz and flops <= rep.max_flops == pytest.approx(0.3 * rep.dense_flops)
+    assert rep.within_budgets
+    assert rep.method == method and rep.n_grads == 32
+    assert rep.objective_before is not None and rep.objective_after is not None
+    assert rep.times["total"] > 0 and set(rep.times) >= {"gradients", "projections", "backsolve"}
+    after = flat_weights(layers)
+    if method in ("magnitude", "layerwise-magnitude", "ratio-greedy"):
+        kept = after != 0
+        assert torch.equal(after[kept], before[kept])          # no weight update
+    if method in ("falcon", "obs", "nnz-only"):
+        assert rep.objective_after <= rep.objective_before * (1 + 1e-6) + 1e-12
+    if method == "falcon++":
+        assert [s["stage"] for s in rep.stages] == [1, 2, 3]
+        assert rep.stages[-1]["flops_fraction"] == 0.3
+    d = rep.to_dict()
+    assert json.loads(json.dumps(d, default=str))["method"] == method
+
+
+def test_falcon_masks_are_feasible_under_the_exact_check_for_each_solver():
+    from falcon_milp import PruningInstance, solver_names
+    for solver in [s for s in ("fast", "exact", "ratio-greedy") if s in solver_names()]:
+        model, calib = tiny(3)
+        rep = prune_model(model, calib, flops_fraction=0.2, method="falcon", solver=solver, n_grads=24)
+        layers = prunable_layers(model, calib[0][:1])
+        mask = (flat_weights(layers) != 0).numpy()
+        inst = PruningInstance.from_flat(np.ones(mask.size), [l.n_weights for l in layers],
+                                         [l.flops_per_weight for l in layers], max_nnz=rep.max_nnz,
+                                         max_flops=rep.max_flops)
+        assert check_mask(inst, mask).feasible, solver
+
+
+def test_layerwise_magnitude_keeps_the_same_fraction_everywhere():
+    model, calib = tiny(1)
+    rep = prune_model(model, calib, flops_fraction=0.25, method="layerwise-magnitude", compute_objective=False)
+    for name, (kept, n, _f) in rep.per_layer.items():
+        assert kept == math.floor(0.25 * n), name
+    assert rep.objective_before is None and rep.times["gradients"] == 0
+
+
+def test_nnz_only_ignores_flops_and_falcon_respects_them():
+    model, calib = tiny(2)
+    nnz_only = prune_model(model, calib, flops_fraction=0.1, method="nnz-only", n_grads=24)
+    assert nnz_only.max_nnz == math.floor(0.1 * 587)
+    model2, _ = tiny(2)
+    falcon = prune_model(model2, calib, flops_fraction=0.1, method="falcon", n_grads=24)
+    assert falcon.kept_flops <= 0.1 * falcon.dense_flops
+
+
+def test_keep_masks_and_masked_models():
+    model, calib = tiny(4)
+    prune_model(model, calib, flops_fraction=0.5, method="magnitude", keep_masks=True, compute_objective=False)
+    assert is_masked(model.conv) and is_masked(model.fc1)
+    rep = prune_model(model, calib, flops_fraction=0.2, method="falcon", n_grads=24)
+    nnz, flops, _ = measured(model, calib[0])
+    assert flops <= 0.2 * rep.dense_flops and (rep.kept_nnz, rep.kept_flops) == (nnz, flops)
+
+
+def test_gradual_pruning_holds_the_mask_while_training():
+    model, calib = tiny(5, n=64)
+    seen = []
+
+    def train_epoch(m, epoch):
+        zero = (flat_weights(prunable_layers(m, calib[0][:1])) == 0)
+        opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        for _ in range(3):
+            loss = nn.functional.cross_entropy(m(calib[0]), calib[1])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        after = flat_weights(prunable_layers(m, calib[0][:1]))
+        seen.append(bool(torch.all(after[zero] == 0)))
+        return loss.item()
+
+    rep = gradual_prune(model, calib, calib, flops_fraction=0.2, method="falcon", n_epochs=4,
+                        prune_epochs=[0, 2], train_epoch=train_epoch, n_grads=32)
+    assert rep.prune_epochs == [0, 2] and sorted(rep.reports) == [0, 2] and len(rep.train_loss) == 4
+    assert rep.reports[0].flops_fraction == pytest.approx(0.7) and rep.reports[2].flops_fraction == 0.2
+    assert all(seen)
+    assert not is_masked(model.conv)          # folded at the end
+    nnz, flops, _ = measured(model, calib[0])
+    assert flops <= 0.2 * rep.reports[2].dense_flops
+
+
+def test_default_sgd_fine_tuning_runs():
+    model, calib = tiny(6, n=40)
+    rep = gradual_prune(model, calib, calib, flops_fraction=0.4, method="magnitude", n_epochs=2,
+                        n_prunes=2, batch_size=16, compute_objective=False)
+    assert len(rep.train_loss) == 2 and all(np.isfinite(rep.train_loss))
+    _, flops, _ = measured(model, calib[0])
+    assert flops <= 0.4 * rep.reports[1].dense_flops
+
+
+def test_prune_errors():
+    model, calib = tiny()
+    with pytest.raises(OptionError, match=r"`flops_fraction` must be in \[0, 1\]; got 1.5"):
+        prune_model(model, calib, flops_fraction=1.5)
+    with pytest.raises(OptionError, match=r"`nnz_fraction` must be in \[0, 1\]; got -0.1"):
+        prune_model(model, calib, nnz_fraction=-0.1)
+    with pytest.raises(OptionError, match=r"`method` must be one of falcon, falcon\+\+, .*; got 'sgd'"):
+        prune_model(model, calib, method="sgd")
+    with pytest.raises(OptionError, match=r"give `flops_fraction` or `nnz_fraction` \(both are None\)"):
+        prune_model(model, calib, flops_fraction=None)
+    with pytest.raises(UnknownSolverError, match=r"`solver` must be one of .*; got 'nope'"):
+        prune_model(model, calib, solver="nope")
+    with pytest.raises(OptionError, match=r"`calib` must be a pair of tensors \(inputs, targets\)"):
+        prune_model(model, calib[0])
+    with pytest.raises(OptionError, match=r"`calib` inputs and targets must hold the same number"):
+        prune_model(model, (calib[0], calib[1][:3]))
+    with pytest.raises(OptionError, match=r"`n_grads` must be an integer >= 1; got 0"):
+        prune_model(model, calib, n_grads=0)
+    with pytest.raises(OptionError, match=r"`stages` must be an integer >= 1; got 0"):
+        prune_model(model, calib, method="falcon++", stages=0)
+    with pytest.raises(OptionError, match=r"`lam2` must be a finite number >= 0; got -1"):
+        prune_model(model, calib, lam2=-1)
+    with pytest.raises(OptionError, match=r"`model` must be a torch.nn.Module; got str"):
+        prune_model("model", calib)
+    with pytest.raises(OptionError, match=r"`prune_epochs` must be distinct epochs in \[0, 1\]; got \[0, 5\]"):
+        gradual_prune(model, calib, calib, n_epochs=2, prune_epochs=[0, 5])
+    # nothing was pruned by the failed calls
+    assert all(bool((l.weight != 0).all()) for l in prunable_layers(model, calib[0][:1]))
+
+
+# ----------------------------------------------------------------------------- CLI
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "falcon_milp", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_import_does_not_load_torch():
+    code = "import sys, falcon_milp.torch.prune_command; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_cli_prune_mlp_json(tmp_path):
+    out = tmp_path / "mlp.pt"
+    res = run_cli("prune", "--arch", "mnist_mlp", "--nnz-fraction", "0.1", "--method", "falcon",
+                  "--n-grads", "64", "--no-progress", "--json", "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    rep = json.loads(res.stdout)
+    assert rep["kept_nnz"] <= math.floor(0.1 * 32360) and rep["within_budgets"]
+    state = torch.load(out, weights_only=True)
+    assert sum(int((v != 0).sum()) for k, v in state.items() if k.endswith("weight")) == rep["kept_nnz"]
+
+
+def test_cli_prune_errors_are_one_line():
+    res = run_cli("prune", "--arch", "mnist_mlp", "--flops-fraction", "1.5", "--no-progress")
+    assert res.returncode == 2
+    assert res.stderr.strip() == "falcon-milp prune: error: `flops_fraction` must be in [0, 1]; got 1.5"
+    res = run_cli("prune", "--arch", "resnet20", "--flops-fraction", "0.5", "--no-progress")
+    assert res.returncode == 2 and "`--checkpoint` is required for arch 'resnet20'" in res.stderr
