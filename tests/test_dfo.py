@@ -145,6 +145,27 @@ def test_dfo_step_rules_and_refinement_decrease_q(step):
         assert res.objective < res.history[0] or len(res.history) == 1
 
 
+def test_dfo_in_a_diagonal_metric_is_monotone_and_projects_on_d_u2():
+    m, sizes = problem(8)
+    D = m.diag_hessian()
+    assert D == pytest.approx(np.sum(np.asarray(m.X) ** 2, axis=0) + 2 * m.lam2)
+    LD = m.lipschitz(metric=D, iters=200, tol=1e-12)
+    Xs = np.asarray(m.X) / np.sqrt(D)
+    assert LD >= np.linalg.norm(Xs, 2) ** 2 * (1 - 1e-9)
+    seen = []
+    proj = Projector(sizes, [4.0, 1.0, 2.0], 40, 120.0, solver="ratio-greedy")
+
+    def record(imp):
+        seen.append(imp)
+        return proj(imp)
+
+    res = dfo(m, record, metric=D, max_iter=30, tol=0.0)
+    assert np.all(np.diff(res.history) <= 1e-12 * np.abs(np.array(res.history[:-1])))
+    np.testing.assert_allclose(seen[0], D * m.w0 ** 2)          # first projection: OBD saliency
+    with pytest.raises(InvalidInstanceError, match=r"`metric` must be 100 finite numbers > 0"):
+        dfo(m, proj, metric=np.zeros(m.p))
+
+
 def test_projection_with_exact_solver_is_the_euclidean_projection():
     if "exact" not in solver_names():
         pytest.skip("exact solver not installed")  # pragma: no cover

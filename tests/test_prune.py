@@ -89,6 +89,14 @@ def test_falcon_masks_are_feasible_under_the_exact_check_for_each_solver():
         assert check_mask(inst, mask).feasible, solver
 
 
+def test_fisher_diagonal_metric_option():
+    model, calib = tiny(7)
+    rep = prune_model(model, calib, flops_fraction=0.25, method="falcon", metric="fisher-diagonal", n_grads=24)
+    assert rep.within_budgets and rep.objective_after <= rep.objective_before * (1 + 1e-6) + 1e-12
+    with pytest.raises(OptionError, match=r"`metric` must be 'euclidean' or 'fisher-diagonal'; got 'l1'"):
+        prune_model(model, calib, metric="l1")
+
+
 def test_layerwise_magnitude_keeps_the_same_fraction_everywhere():
     model, calib = tiny(1)
     rep = prune_model(model, calib, flops_fraction=0.25, method="layerwise-magnitude", compute_objective=False)

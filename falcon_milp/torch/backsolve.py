@@ -178,7 +178,7 @@ def conjugate_gradient(model: QuadraticModel, w: np.ndarray, mask: np.ndarray, *
 
 
 def backsolve(model: QuadraticModel, mask: np.ndarray, *, w_start: np.ndarray | None = None,
-              group_sizes: Sequence[int] | None = None, block_size: int = 2000, max_iter: int = 5,
+              group_sizes: Sequence[int] | None = None, block_size: int = 2000, max_iter: int = 10,
               tol: float = 1e-6) -> BacksolveResult:
     """Minimise Q on the support ``mask`` by block-preconditioned CG (see module docstring).
 

@@ -6,6 +6,9 @@ One iteration (falcon-method.md section 3):
     z = argmax { sum_i u_i^2 z_i : z feasible }           the FLOP+NNZ ILP with I = u^2
     w = u * z                                             (Euclidean projection onto the set)
 
+With a diagonal ``metric`` D the same scheme runs in the norm ||.||_D (a diagonally scaled
+IHT): u = w - tau D^-1 grad, I = D u^2, and L is taken in that norm.
+
 Any registered solver does the projection (``falcon_milp.solve``). A heuristic projection
 (``fast``, ``ratio-greedy``) is safeguarded: if it keeps less of u^2 than the current support
 does, the current support is used instead. With that, the standard argument gives
@@ -101,7 +104,8 @@ class DFOResult:
 def dfo(model: QuadraticModel, project: Callable[[np.ndarray], np.ndarray], *,
         w_init: np.ndarray | None = None, lipschitz: float | None = None, max_iter: int = 100,
         tol: float = 1e-4, patience: int | None = None, step: str = "lipschitz",
-        max_step_scale: float = 1024.0, refine_iters: int = 0, max_backtracks: int = 30,
+        max_step_scale: float = 1024.0, metric: np.ndarray | None = None, refine_iters: int = 0,
+        max_backtracks: int = 30,
         callback: Callable[[int, float], None] | None = None) -> DFOResult:
     """Run iterative hard thresholding from ``w_init`` (default w0).
 
@@ -110,6 +114,9 @@ def dfo(model: QuadraticModel, project: Callable[[np.ndarray], np.ndarray], *,
     step : ``"lipschitz"``: tau = 1/L (the paper's rule; L doubled if a step fails to descend);
         ``"adaptive"``: tau = s/L with s tried from min(2 s_prev, max_step_scale) down, halving
         until Q decreases (once s <= 1 descent is guaranteed, as in the lipschitz rule).
+    metric : optional diagonal D > 0 (p,): DFO in the norm ||x||_D^2 = sum_i D_i x_i^2, i.e.
+        u = w - (tau / D) * grad Q(w), projection with I = D u^2, L in the D-norm. With
+        D = diag(H) the first projection is the OBD saliency (F_ii + 2 lam2) w_i^2 instead of w_i^2.
     patience : also stop once the support has not changed for this many iterations (the
         backsolve then minimises Q on it exactly, which is what further steps would do slowly).
     refine_iters : conjugate-gradient steps on the support whenever it did not change.
@@ -130,8 +137,12 @@ def dfo(model: QuadraticModel, project: Callable[[np.ndarray], np.ndarray], *,
         raise InvalidInstanceError(f"`tol` must be a finite number >= 0; got {tol!r}")
     times = {"lipschitz": 0.0, "gradient_steps": 0.0, "projections": 0.0, "refine": 0.0}
     t0 = time.perf_counter()
+    if metric is not None:
+        metric = np.asarray(metric, dtype=np.float64)
+        if metric.shape != (model.p,) or not np.all(metric > 0) or not np.all(np.isfinite(metric)):
+            raise InvalidInstanceError(f"`metric` must be {model.p} finite numbers > 0")
     if lipschitz is None:
-        lipschitz = model.lipschitz()
+        lipschitz = model.lipschitz(metric=metric)
     if not (lipschitz > 0 and math.isfinite(lipschitz)):
         # Q is linear (X = 0, lam2 = 0): any positive step works; pick 1
         lipschitz = 1.0 if lipschitz == 0 else lipschitz
@@ -158,8 +169,8 @@ def dfo(model: QuadraticModel, project: Callable[[np.ndarray], np.ndarray], *,
             scale = min(2.0 * scale, float(max_step_scale))
         for _attempt in range(max_backtracks + 1 + (int(math.log2(max_step_scale)) + 1 if adaptive else 0)):
             t = time.perf_counter()
-            u = w - (scale / L) * grad
-            imp = u * u
+            u = w - (scale / L) * (grad if metric is None else grad / metric)
+            imp = u * u if metric is None else metric * u * u
             times["gradient_steps"] += time.perf_counter() - t
             t = time.perf_counter()
             new_mask = np.asarray(project(imp), dtype=bool)

@@ -26,7 +26,8 @@ X^T X is the empirical Fisher). Budgets: S = floor(nnz_fraction * p), F = flops_
 dense FLOPs (MACs per example); ``None`` = no such budget.
 
 The report's ``objective_before`` is Q at the FLOP-aware magnitude solution (the ILP on w0^2,
-weights unchanged: the starting point of DFO), ``objective_after`` Q at the final weights,
+weights unchanged: the starting point of DFO; with ``metric="fisher-diagonal"`` the ILP on
+diag(H) w0^2, where that DFO starts), ``objective_after`` Q at the final weights,
 both on the quadratic model built at the original weights; kept NNZ/FLOP fractions are
 measured on the pruned model (zero-aware).
 """
@@ -229,8 +230,9 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
                 n_grads: int = 1000, lam2: float | None = None, lam2_rel: float = 1e-2,
                 alpha: float = 0.0, stages: int = 10, schedule_start: float = 0.7,
                 schedule_power: float = 3.0, resample: bool = True, max_iter: int = 100, tol: float = 1e-4,
-                patience: int | None = 5, step: str = "lipschitz", refine_iters: int = 0,
-                block_size: int = 2000, backsolve_iters: int = 5,
+                patience: int | None = 5, step: str = "lipschitz", metric: str = "euclidean",
+                refine_iters: int = 0,
+                block_size: int = 2000, backsolve_iters: int = 10,
                 include: Any = None, loss_fn: Callable | None = None, seed: int = 0,
                 chunk_size: int | None = None, compute_objective: bool = True,
                 keep_masks: bool = False, solver_options: dict[str, Any] | None = None,
@@ -250,6 +252,8 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
     resample : FALCON++ draws a fresh calibration subset at every stage (when ``calib`` holds
         more than ``n_grads`` examples), so that the backsolves do not all fit the same ones.
     max_iter, tol, patience, step, refine_iters : DFO options (:func:`falcon_milp.torch.dfo.dfo`).
+    metric : ``"euclidean"`` (the paper's projection, I = u^2) or ``"fisher-diagonal"`` (DFO in
+        the norm of D = diag(H): I = D u^2, the OBD saliency at the start).
     block_size, backsolve_iters : backsolve options (:func:`.backsolve.backsolve`).
     include : which modules are prunable (:func:`falcon_milp.torch.flops.prunable_layers`).
     loss_fn : per-example loss ``(output, target) -> scalar`` (default cross entropy).
@@ -261,6 +265,8 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
     t_start = time.perf_counter()
     if not isinstance(model, nn.Module):
         raise OptionError(f"`model` must be a torch.nn.Module; got {type(model).__name__}")
+    if metric not in ("euclidean", "fisher-diagonal"):
+        raise OptionError(f"`metric` must be 'euclidean' or 'fisher-diagonal'; got {metric!r}")
     if method not in METHODS:
         raise OptionError(f"`method` must be one of {', '.join(METHODS)}; got {method!r}")
     flops_fraction = _fraction(flops_fraction, "flops_fraction")
@@ -331,8 +337,11 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
 
     def run_falcon(qm: QuadraticModel, projector: Projector, phase: str) -> tuple[np.ndarray, np.ndarray, DFOResult]:
         nonlocal dfo_iters, n_proj, bs_iters, L_used
+        D = qm.diag_hessian() if metric == "fisher-diagonal" else None
+        if D is not None and not np.all(D > 0):
+            D = np.maximum(D, max(float(D.max()), 1.0) * 1e-12)
         res = dfo(qm, projector, max_iter=max_iter, tol=tol, patience=patience, step=step,
-                  refine_iters=refine_iters, callback=cb(phase))
+                  metric=D, refine_iters=refine_iters, callback=cb(phase))
         for k_src, k_dst in (("lipschitz", "lipschitz"), ("gradient_steps", "dfo_steps"),
                              ("projections", "projections"), ("refine", "refine")):
             times[k_dst] += res.times[k_src]
@@ -402,7 +411,10 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
     obj_before = obj_after = None
     if q0 is not None:
         t = time.perf_counter()
-        start_mask = proj(w0 * w0) if method != "magnitude" else mask
+        imp0 = w0 * w0
+        if metric == "fisher-diagonal" and method in ("falcon", "falcon++", "nnz-only"):
+            imp0 = q0.diag_hessian() * imp0          # where the D-metric DFO starts
+        start_mask = proj(imp0) if method != "magnitude" else mask
         obj_before = q0.value(np.where(start_mask, w0, 0.0))
         obj_after = q0.value(flat_weights(layers, torch.float64).numpy())
         times["objective"] += time.perf_counter() - t

@@ -155,25 +155,52 @@ class QuadraticModel:
         return self._value_from(d, r), grad
 
     # ------------------------------------------------------------------ Lipschitz constant
+    def diag_hessian(self) -> np.ndarray:
+        """diag(H) = diag(X^T X) + 2 lam2, float64 (p,) (column sums of squares, O(np))."""
+        out = torch.zeros(self.p, dtype=torch.float64)
+        for i in range(0, self.n, 64):
+            blk = self.X[i:i + 64]
+            out += (blk * blk).sum(0, dtype=torch.float64)
+        return out.numpy() + 2.0 * self.lam2
+
     def lipschitz(self, iters: int = 30, tol: float = 1e-4, safety: float = 1.05,
-                  seed: int = 0) -> float:
+                  seed: int = 0, metric: np.ndarray | None = None) -> float:
         """An estimate L >= sigma_max(X)^2 + 2 lam2 of the gradient's Lipschitz constant.
 
         Power iteration on X^T X gives sigma_max^2 from below; it is multiplied by ``safety``
         and capped by the sure upper bound ||X||_F^2. (The DFO loop also backtracks if a step
-        fails to decrease Q, so a slight underestimate can never make it diverge.)
+        fails to decrease Q, so a slight underestimate can never make it diverge.) With a
+        diagonal ``metric`` D > 0 it bounds the constant in the D-norm instead,
+        lambda_max(D^-1/2 H D^-1/2) <= sigma_max(X D^-1/2)^2 + 2 lam2 max(1/D).
         """
-        return lipschitz_constant(self.X, self.lam2, iters=iters, tol=tol, safety=safety, seed=seed,
-                                  fro2=self.fro2)
+        if metric is None:
+            return lipschitz_constant(self.X, self.lam2, iters=iters, tol=tol, safety=safety,
+                                      seed=seed, fro2=self.fro2)
+        d = np.asarray(metric, dtype=np.float64)
+        if d.shape != (self.p,) or not np.all(d > 0) or not np.all(np.isfinite(d)):
+            raise InvalidInstanceError(f"`metric` must be {self.p} finite numbers > 0")
+        return lipschitz_constant(self.X, 0.0, iters=iters, tol=tol, safety=safety, seed=seed,
+                                  col_scale2=1.0 / d) + 2.0 * self.lam2 * float(np.max(1.0 / d))
 
 
 def lipschitz_constant(X: Matrix, lam2: float = 0.0, *, iters: int = 30, tol: float = 1e-4,
-                       safety: float = 1.05, seed: int = 0, fro2: float | None = None) -> float:
-    """sigma_max(X)^2 (power iteration on X^T X, times ``safety``, capped by ||X||_F^2) + 2 lam2."""
+                       safety: float = 1.05, seed: int = 0, fro2: float | None = None,
+                       col_scale2: np.ndarray | None = None) -> float:
+    """sigma_max(X S)^2 (power iteration, times ``safety``, capped by ||X S||_F^2) + 2 lam2,
+    with S = diag(sqrt(col_scale2)) (identity by default)."""
     Xt = as_tensor(X)
     n, p = Xt.shape
     if n == 0 or p == 0:
         return 2.0 * lam2
+    s2 = None
+    if col_scale2 is not None:
+        s2 = torch.from_numpy(np.asarray(col_scale2, dtype=np.float64))
+        colsq = torch.zeros(p, dtype=torch.float64)
+        for i in range(0, n, 64):
+            blk = Xt[i:i + 64]
+            colsq += (blk * blk).sum(0, dtype=torch.float64)
+        fro2 = float((colsq * s2).sum())
+        s2 = s2.to(Xt.dtype)
     fro2 = frobenius2(Xt) if fro2 is None else fro2
     if fro2 == 0.0:
         return 2.0 * lam2
@@ -184,7 +211,9 @@ def lipschitz_constant(X: Matrix, lam2: float = 0.0, *, iters: int = 30, tol: fl
     est = 0.0
     for _ in range(max(1, iters)):
         y = torch.mv(Xt.T, torch.from_numpy(v).to(Xt.dtype))
-        u = torch.mv(Xt, y).numpy().astype(np.float64)          # X X^T v
+        if s2 is not None:
+            y = y * s2
+        u = torch.mv(Xt, y).numpy().astype(np.float64)          # X S^2 X^T v
         new = float(v @ u)
         norm = float(np.linalg.norm(u))
         if norm == 0.0:
