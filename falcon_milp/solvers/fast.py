@@ -349,16 +349,16 @@ class Problem:
                         return self._finish(pt, k_min, k_min, Fraction(1), True, steps, lam=0.0)
                     if u_min > cap:
                         if lo is None or lam > float(lo.mu[0]):
-                            lo, lo_min, lo_umin, lo_max, lo_umax = pt, k_min, u_min, k_max, u_max
+                            lo, lo_min, lo_umin = pt, k_min, u_min
                     elif hi is None or lam < float(hi.mu[0]):
-                        hi, hi_min, hi_umin, hi_max, hi_umax = pt, k_min, u_min, k_max, u_max
+                        hi, hi_max, hi_umax = pt, k_max, u_max
                 if lo is not None and hi is not None:
                     break
                 width *= 2
         if lo is None:
             lo = self.evaluate(np.zeros(1), hint=self._w_hint(r, 0.0))
             steps += 1
-            lo_min, lo_umin, lo_max, lo_umax = pieces(lo)
+            lo_min, lo_umin, _, _ = pieces(lo)
             if lo_umin <= cap:      # the budget does not bind: lam = 0
                 return self._finish(lo, lo_min, lo_min, Fraction(1), True, steps, lam=0.0)
         if hi is None:
@@ -403,9 +403,9 @@ class Problem:
                 return self._finish(best, lo_min, hi_max, _theta(cap, lo_umin, hi_umax), True,
                                     steps, lam=float(best.mu[0]))
             if u_min > cap:
-                lo, lo_min, lo_umin, lo_max, lo_umax = pt, k_min, u_min, k_max, u_max
+                lo, lo_min, lo_umin = pt, k_min, u_min
             else:
-                hi, hi_min, hi_umin, hi_max, hi_umax = pt, k_min, u_min, k_max, u_max
+                hi, hi_max, hi_umax = pt, k_max, u_max
         return self._finish(best, lo_min, hi_max, _theta(cap, lo_umin, hi_umax), False, steps,
                             lam=float(best.mu[0]))
 
@@ -443,6 +443,7 @@ class Problem:
         costs = self.costs[:, [0] + self.active]
         caps = np.array([float(self.S)] + [self.budgets[r] for r in self.active])
         rounds = 0
+        solved = None
         while True:
             rounds += 1
             # residual budgets after the fixed-in weights; widen downwards while negative
@@ -456,8 +457,9 @@ class Problem:
             a = np.concatenate(vals) if owner.size else np.zeros(0)
             A = costs[owner].T
             res = linprog(-a, A_ub=A, b_ub=np.maximum(resid, 0.0), bounds=(0.0, 1.0), method="highs")
-            if res.status != 0:            # pragma: no cover - HiGHS failure: fall back
+            if res.status != 0:            # pragma: no cover - HiGHS failure: keep what we have
                 break
+            solved = (res, lo.copy(), owner, a)
             y = np.maximum(-np.asarray(res.ineqlin.marginals, dtype=np.float64), 0.0)
             thr = costs @ y
             grow = False
@@ -472,9 +474,14 @@ class Problem:
                     grow = True
             if not grow or rounds > 30:
                 break
-        mu, w = y[1:], float(y[0])
-        point = self.evaluate(mu)
-        # evaluate() re-optimises w for these mu: at least as good a bound as HiGHS's w
+        if solved is None:                 # pragma: no cover - no LP answer: the two-row point
+            point = self.evaluate(mu0)
+            fl = self.repair(self.fill_ties(point, self.active[0], False), point.shifts)
+            return LPSolution(point.mu, point.w, self.certified_bound(point), fl.astype(np.float64),
+                              fl, self.value_of(fl), False, rounds, point.shifts, {"core_lp": "failed"})
+        res, lo, owner, a = solved
+        # evaluate() re-optimises w for HiGHS's mu: at least as good a bound as HiGHS's w
+        point = self.evaluate(np.maximum(-np.asarray(res.ineqlin.marginals, dtype=np.float64), 0.0)[1:])
         x = lo.astype(np.float64) + np.bincount(owner, weights=res.x, minlength=L)
         fl = self.repair(np.floor(x + 1e-9).astype(np.int64), point.shifts)
         lp_value = float(np.dot(a, res.x)) + float(np.sum(self.layers.topsums(lo)))
