@@ -2,24 +2,26 @@
 
 Methods (``method=``), all through :func:`prune_model`:
 
-=======================  ====================================================================
-``"falcon"``             one stage: DFO (IHT with the FLOP+NNZ ILP as projection, any solver)
-                         on the local quadratic model Q, then a backsolve on its support.
-``"falcon++"``           ``stages`` stages on a polynomial schedule (start ``schedule_start``),
-                         per-sample gradients recomputed at every stage, no retraining.
-``"magnitude"``          the paper's FLOP-aware magnitude pruning: the ILP on I = w^2 with both
-                         budgets (solved by ``solver``), no weight update.
-``"layerwise-magnitude"``the same kept fraction r in every layer, r = min(F / F_dense, S / p),
-                         top-|w| inside each layer, no weight update.
-``"ratio-greedy"``       the ``ratio-greedy`` solver (I/f order) on I = w^2, no weight update.
-``"obs"``                OBS/WoodFisher one shot: the ILP on I = w^2 / [H^-1]_ii, then the OBS
-                         weight update, computed as the backsolve on the kept support (for a
-                         set of pruned weights the multi-weight OBS update is exactly the
-                         minimiser of Q with those weights at zero).
-``"nnz-only"``           CHITA-like: DFO + backsolve with the NNZ budget only (S from
-                         ``nnz_fraction``, or ``flops_fraction * p`` when that is not given);
-                         its FLOP use is reported, not enforced.
-=======================  ====================================================================
+=========================  ===================================================================
+``"falcon"``               one stage: DFO (IHT with the FLOP+NNZ ILP as projection, any solver)
+                           on the local quadratic model Q, then a backsolve on its support.
+``"falcon++"``             ``stages`` stages on a polynomial schedule (start ``schedule_start``),
+                           per-sample gradients recomputed at every stage on a fresh calibration
+                           subset (``resample``), no retraining. Holds the stage's X and the
+                           first stage's X (for the reported Q): twice the memory of X.
+``"magnitude"``            the paper's FLOP-aware magnitude pruning: the ILP on I = w^2 with both
+                           budgets (solved by ``solver``), no weight update.
+``"layerwise-magnitude"``  the same kept fraction r in every layer, r = min(F / F_dense, S / p),
+                           top-|w| inside each layer, no weight update.
+``"ratio-greedy"``         the ``ratio-greedy`` solver (I/f order) on I = w^2, no weight update.
+``"obs"``                  OBS/WoodFisher one shot: the ILP on I = w^2 / [H^-1]_ii, then the OBS
+                           weight update, computed as the backsolve on the kept support (for a
+                           set of pruned weights the multi-weight OBS update is exactly the
+                           minimiser of Q with those weights at zero).
+``"nnz-only"``             CHITA-like: DFO + backsolve with the NNZ budget only (S from
+                           ``nnz_fraction``, or ``flops_fraction * p`` when that is not given);
+                           its FLOP use is reported, not enforced.
+=========================  ===================================================================
 
 Q is the model of :mod:`falcon_milp.torch.quadratic` (X = per-sample gradients / sqrt(n), so
 X^T X is the empirical Fisher). Budgets: S = floor(nnz_fraction * p), F = flops_fraction *
@@ -121,7 +123,8 @@ def _real_option(value: Any, name: str, low: float = 0.0, strict: bool = False) 
     ok = (not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(float(value))
           and (float(value) > low if strict else float(value) >= low))
     if not ok:
-        raise OptionError(f"`{name}` must be a finite number {'>' if strict else '>='} {low:g}; got {value!r}")
+        sign = ">" if strict else ">="
+        raise OptionError(f"`{name}` must be a finite number {sign} {low:g}; got {value!r}")
     return float(value)
 
 
@@ -335,7 +338,8 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
             return None
         return lambda it, q: callback(phase, it, q)
 
-    def run_falcon(qm: QuadraticModel, projector: Projector, phase: str) -> tuple[np.ndarray, np.ndarray, DFOResult]:
+    def run_falcon(qm: QuadraticModel, projector: Projector,
+                   phase: str) -> tuple[np.ndarray, np.ndarray, DFOResult]:
         nonlocal dfo_iters, n_proj, bs_iters, L_used
         D = qm.diag_hessian() if metric == "fisher-diagonal" else None
         if D is not None and not np.all(D > 0):
@@ -495,7 +499,8 @@ def gradual_prune(model: nn.Module, calib: Calib, train_data: Calib, flops_fract
         prune_epochs = gradual_epochs(n_epochs, n_prunes)
     epochs = sorted(int(e) for e in prune_epochs)
     if not epochs or len(set(epochs)) != len(epochs) or epochs[0] < 0 or epochs[-1] >= n_epochs:
-        raise OptionError(f"`prune_epochs` must be distinct epochs in [0, {n_epochs - 1}]; got {list(prune_epochs)}")
+        raise OptionError(f"`prune_epochs` must be distinct epochs in [0, {n_epochs - 1}]; "
+                          f"got {list(prune_epochs)}")
     train_data = _check_calib(train_data)
     plan = stage_budgets(_fraction(flops_fraction, "flops_fraction"), _fraction(nnz_fraction, "nnz_fraction"),
                          len(epochs), schedule_start, schedule_power)

@@ -35,7 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="kept fraction of the prunable weights, in [0, 1] (default: no NNZ budget)")
     parser.add_argument("--method", default="falcon", choices=_METHODS)
     parser.add_argument("--solver", default="fast", metavar="NAME",
-                        help="ILP solver for every projection (fast, exact, highs-compact, ratio-greedy, ...)")
+                        help="ILP solver for every projection (fast, exact, highs-compact, ...)")
     parser.add_argument("--n-grads", type=int, default=1000, metavar="N",
                         help="calibration examples for the per-sample gradients (default 1000)")
     parser.add_argument("--lam2-rel", type=float, default=1e-2,

@@ -55,8 +55,8 @@ def stage_budgets(flops_fraction: float | None, nnz_fraction: float | None, stag
     above ``start`` is reached from above with a flat schedule at the target).
     """
     stages = _count(stages, "stages")
-    nnz = None if nnz_fraction is None else polynomial_schedule(start, _fraction(nnz_fraction, "nnz_fraction"),
-                                                                stages, power)
+    nnz = None if nnz_fraction is None else polynomial_schedule(
+        start, _fraction(nnz_fraction, "nnz_fraction"), stages, power)
     flops = None if flops_fraction is None else polynomial_schedule(
         start, _fraction(flops_fraction, "flops_fraction"), stages, power)
     return [(None if nnz is None else nnz[k], None if flops is None else flops[k]) for k in range(stages)]
@@ -72,7 +72,8 @@ def gradual_epochs(n_epochs: int, n_prunes: int, first: int = 0, last: int | Non
     first = _count(first, "first", 0)
     last = n_epochs - 1 if last is None else _count(last, "last", 0)
     if not first <= last < n_epochs:
-        raise InvalidInstanceError(f"`first` <= `last` < `n_epochs` must hold; got {first}, {last}, {n_epochs}")
+        raise InvalidInstanceError(
+            f"`first` <= `last` < `n_epochs` must hold; got {first}, {last}, {n_epochs}")
     if n_prunes > last - first + 1:
         raise InvalidInstanceError(
             f"`n_prunes` must be at most last - first + 1 = {last - first + 1}; got {n_prunes}")
