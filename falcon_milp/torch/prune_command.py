@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 _ARCHS = ("resnet20", "mobilenetv1", "resnet50", "mnist_mlp", "mnist_cnn")
@@ -51,37 +50,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _calibration(spec: str | None, arch: str, n: int, seed: int) -> Any:
-    import torch
-
+    """Calibration data for pruning: as for `export` (shared loader), but always required."""
     from . import OptionError
     from .architectures import ARCHITECTURES
-    from .data import load_cifar10, load_mnist, load_mnist_5k, subset
+    from .commands import _load_data
 
-    arch_spec = ARCHITECTURES[arch]
     if n < 1:
         raise OptionError(f"`--n-grads` must be >= 1; got {n}")
-    if spec is None:
-        if arch_spec.dataset != "mnist":
-            raise OptionError(f"arch '{arch}' needs calibration data: pass --data DIR or --data random")
-        spec = "mnist5k"
-    if spec == "mnist5k":
-        x, y = load_mnist_5k()
-    elif spec == "random":
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randn((n, *arch_spec.input_shape), generator=gen)
-        y = torch.randint(0, arch_spec.num_classes, (n,), generator=gen)
-    else:
-        root = Path(spec)
-        if not root.is_dir():
-            raise OptionError(f"`--data` must be 'mnist5k', 'random' or a directory; '{spec}' is neither")
-        if any((root / f"train-images-idx3-ubyte{s}").is_file() for s in ("", ".gz")):
-            x, y = load_mnist(root, "train")
-        elif (root / "data_batch_1").is_file() or (root / "cifar-10-batches-py").is_dir():
-            x, y = load_cifar10(root, "train")
-        else:
-            raise OptionError(f"`--data` directory '{spec}' holds no training data (MNIST train-images "
-                              "IDX or CIFAR-10 data_batch_*); test sets are never used for calibration")
-    return subset(x, y, n, seed)
+    if spec is None and ARCHITECTURES[arch].dataset != "mnist":
+        raise OptionError(f"arch '{arch}' needs calibration data: pass --data DIR or --data random")
+    return _load_data(spec, arch, n, seed)
 
 
 def _accuracy(model: Any, data: Any) -> float:
