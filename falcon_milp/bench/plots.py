@@ -25,6 +25,16 @@ def _plt():
     return plt
 
 
+
+def _save(plt, fig, ax, path: str | Path) -> Path:
+    """Legend outside the axes, tight layout, write the PNG and free the figure."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
 def plot_gap_by_family(rows: Sequence[Row], path: str | Path) -> Path | None:
     """Grouped bars: largest gap to best known per (family, solver); dots: each instance."""
     rows = [r for r in rows if r.gap_to_best is not None]
@@ -58,12 +68,7 @@ def plot_gap_by_family(rows: Sequence[Row], path: str | Path) -> Path | None:
     ax.set_ylabel("gap to best known (log; 0 drawn at 1e-12)")
     ax.set_title("Largest gap to best known per family (bars) and per instance (dots)")
     ax.grid(axis="y", which="major", alpha=0.3, zorder=0)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path)
 
 
 def plot_time_vs_size(rows: Sequence[Row], path: str | Path) -> Path | None:
@@ -89,12 +94,7 @@ def plot_time_vs_size(rows: Sequence[Row], path: str | Path) -> Path | None:
     ax.set_ylabel("solve time (s, median over repeats)")
     ax.set_title("Time vs size, one point per instance (circled: stopped at the time limit)")
     ax.grid(which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path)
 
 
 def plot_own_gap_vs_size(rows: Sequence[Row], path: str | Path) -> Path | None:
@@ -117,12 +117,7 @@ def plot_own_gap_vs_size(rows: Sequence[Row], path: str | Path) -> Path | None:
     ax.set_ylabel(f"own certified gap (log; 0 at 1e-12, >= {OWN_GAP_CEIL:g} at {OWN_GAP_CEIL:g})")
     ax.set_title("Certified gap each solver proves about its own answer")
     ax.grid(which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path)
 
 
 PLOTS = (
