@@ -15,17 +15,21 @@ from typing import Any
 _ARCHS = ("resnet20", "mobilenetv1", "resnet50", "mnist_mlp", "mnist_cnn")  # = ARCHITECTURES keys
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the ``export`` options to ``parser``."""
+def add_model_options(parser: argparse.ArgumentParser, data_help: str) -> None:
+    """The options that pick a model and its calibration data (shared by `export` and `prune`)."""
     parser.add_argument("--arch", required=True, choices=_ARCHS, help="architecture name")
     parser.add_argument("--checkpoint", metavar="PATH",
                         help="state_dict file (default: the bundled weights of mnist_mlp / mnist_cnn)")
     parser.add_argument("--random-init", action="store_true",
                         help="use randomly initialised weights (seeded by --seed) instead of a checkpoint")
-    parser.add_argument("--data", metavar="SPEC",
-                        help="calibration data for obs/flexrel: 'mnist5k' (default for MNIST networks), "
-                             "'random' (Gaussian inputs, random labels), or a directory holding the MNIST "
-                             "train-*-idx*-ubyte[.gz] files or the CIFAR-10 python batches")
+    parser.add_argument("--data", metavar="SPEC", help=data_help)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``export`` options to ``parser``."""
+    add_model_options(parser, "calibration data for obs/flexrel: 'mnist5k' (default for MNIST networks), "
+                              "'random' (Gaussian inputs, random labels), or a directory holding the MNIST "
+                              "train-*-idx*-ubyte[.gz] files or the CIFAR-10 python batches")
     parser.add_argument("--n-samples", type=int, default=1000, metavar="N",
                         help="calibration examples drawn from the data (default 1000)")
     parser.add_argument("--importance", default="magnitude", choices=("magnitude", "obs", "flexrel"))

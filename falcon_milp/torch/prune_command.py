@@ -13,21 +13,16 @@ import argparse
 import json
 from typing import Any
 
-_ARCHS = ("resnet20", "mobilenetv1", "resnet50", "mnist_mlp", "mnist_cnn")
+from .commands import add_model_options
+
 _METHODS = ("falcon", "falcon++", "magnitude", "layerwise-magnitude", "ratio-greedy", "obs", "nnz-only")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``prune`` options to ``parser``."""
-    parser.add_argument("--arch", required=True, choices=_ARCHS, help="architecture name")
-    parser.add_argument("--checkpoint", metavar="PATH",
-                        help="state_dict file (default: the bundled weights of mnist_mlp / mnist_cnn)")
-    parser.add_argument("--random-init", action="store_true",
-                        help="randomly initialised weights (seeded by --seed) instead of a checkpoint")
-    parser.add_argument("--data", metavar="SPEC",
-                        help="calibration data: 'mnist5k' (default for MNIST networks), 'random' (Gaussian "
-                             "inputs, random labels) or a directory with MNIST train-* IDX files or the "
-                             "CIFAR-10 python batches (training split only)")
+    add_model_options(parser, "calibration data: 'mnist5k' (default for MNIST networks), 'random' (Gaussian "
+                              "inputs, random labels) or a directory with MNIST train-* IDX files or the "
+                              "CIFAR-10 python batches (training split only)")
     parser.add_argument("--flops-fraction", type=float, default=None, metavar="F",
                         help="kept fraction of the dense FLOPs (MACs), in [0, 1]")
     parser.add_argument("--nnz-fraction", type=float, default=None, metavar="F",
