@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--evaluate", metavar="SOLVER", default=None,
                     help="also solve each instance with SOLVER, mask the network (no fine-tuning) and "
                          "report its accuracy on the 10k MNIST test set")
-    ap.add_argument("--mnist-dir", type=Path, default=REPO.parent / "shared" / "data" / "mnist")
+    ap.add_argument("--mnist-dir", type=Path, default=Path(__file__).resolve().parents[1] / "falcon_milp" / "data" / "mnist")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
+MNIST_DIR = ROOT / "falcon_milp" / "data" / "mnist"   # bundled test set
 
 DEFAULT_LABEL = "default (lam2_rel 1e-2, step 1/L, patience 5)"
 ADAPTIVE_LABEL = "adaptive step (up to 1024/L)"

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", choices=[*SETTINGS, "all"], default="all")
     ap.add_argument("--out-dir", type=Path, default=REPO / "falcon_milp" / "data")
-    ap.add_argument("--mnist-dir", type=Path, default=REPO.parent / "shared" / "data" / "mnist",
+    ap.add_argument("--mnist-dir", type=Path, default=Path(__file__).resolve().parents[1] / "falcon_milp" / "data" / "mnist",
                     help="directory with t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these nets)")

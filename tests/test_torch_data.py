@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from falcon_milp.torch import DataFileError
-from falcon_milp.torch.data import load_cifar10, load_mnist, load_mnist_5k, read_idx, subset
+from falcon_milp.torch.data import BUNDLED_MNIST, load_cifar10, load_mnist, load_mnist_5k, read_idx, subset
 
-MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+MNIST_DIR = BUNDLED_MNIST      # the test set ships with the package (no ../shared needed)
 
 
 def write_idx(path, arr, code=0x08, gz=False):

@@ -8,10 +8,10 @@ import torch
 
 from falcon_milp.torch import DataFileError, ModelError, OptionError
 from falcon_milp.torch.architectures import build_model, load_pretrained, pretrained_path
-from falcon_milp.torch.data import load_mnist, load_mnist_5k, subset
+from falcon_milp.torch.data import BUNDLED_MNIST, load_mnist, load_mnist_5k, subset
 from falcon_milp.torch.train import evaluate, random_shift, train_classifier
 
-MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+MNIST_DIR = BUNDLED_MNIST      # the test set ships with the package (no ../shared needed)
 
 
 def test_bundled_models_accuracy_on_test_set():

@@ -19,11 +19,15 @@ import torch
 
 from . import DataFileError
 
-__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "MNIST_MEAN", "MNIST_STD", "load_cifar10", "load_mnist",
+__all__ = ["BUNDLED_MNIST", "CIFAR10_MEAN", "CIFAR10_STD", "MNIST_MEAN", "MNIST_STD", "load_cifar10",
+           "load_mnist",
            "load_mnist_5k", "read_idx", "subset"]
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+#: the MNIST test set (t10k IDX files, CC BY-SA 3.0) shipped with the package
+BUNDLED_MNIST = Path(__file__).resolve().parents[1] / "data" / "mnist"
 
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -71,10 +75,13 @@ def _find(root: Path, stem: str) -> Path:
     raise DataFileError(f"MNIST file '{stem}[.gz]' not found in '{root}'")
 
 
-def load_mnist(root: str | os.PathLike, split: str = "test",
+def load_mnist(root: str | os.PathLike | None = None, split: str = "test",
                normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST from the official IDX files in ``root`` (``t10k-*`` for ``split="test"``,
-    ``train-*`` for ``"train"``; ``.gz`` or uncompressed). Returns x (N, 1, 28, 28), y (N,)."""
+    ``train-*`` for ``"train"``; ``.gz`` or uncompressed). Returns x (N, 1, 28, 28), y (N,).
+
+    ``root=None`` reads the test set bundled with the package (:data:`BUNDLED_MNIST`)."""
+    root = BUNDLED_MNIST if root is None else root
     if split not in ("train", "test"):
         raise DataFileError(f"`split` must be 'train' or 'test'; got {split!r}")
     root = Path(root)

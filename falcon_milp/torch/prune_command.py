@@ -3,7 +3,7 @@
 Loaded by :mod:`falcon_milp.cli`; importing this module does not import torch (``run`` does).
 
     falcon-milp prune --arch mnist_cnn --flops-fraction 0.2 --method falcon++ --stages 5 \\
-        --test-data ../shared/data/mnist -o cnn_pruned.pt
+        --test-data mnist -o cnn_pruned.pt
     falcon-milp prune --arch resnet20 --random-init --data random --n-grads 1000 \\
         --flops-fraction 0.3 --method falcon --json
 """
@@ -38,7 +38,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-iter", type=int, default=100, help="DFO iterations at most (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration subset and random init")
     parser.add_argument("--test-data", metavar="DIR",
-                        help="MNIST directory with the t10k IDX files: report test accuracy before and after")
+                        help="'mnist' (the bundled MNIST test set) or a directory with the t10k IDX files: "
+                             "report test accuracy before and after")
     parser.add_argument("-o", "--output", metavar="FILE", help="save the pruned state_dict here")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     test = None
     if args.test_data:
         from .data import load_mnist
-        test = load_mnist(args.test_data, "test")
+        test = load_mnist(None if args.test_data == "mnist" else args.test_data, "test")
     calib = _calibration(args.data, args.arch, args.n_grads, args.seed)
     acc_before = _accuracy(model, test) if test is not None else None
 
