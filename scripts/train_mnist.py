@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {
     "mnist_mlp": {"epochs": 80, "batch_size": 64, "lr": 3e-3, "weight_decay": 0.0, "max_shift": 2},
     "mnist_cnn": {"epochs": 30, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.0, "max_shift": 2},
+    "mnist_bn_cnn": {"epochs": 30, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.0, "max_shift": 2},
 }
 
 

@@ -193,7 +193,7 @@ def test_projector_and_dfo_errors():
     m, sizes = problem(0)
     with pytest.raises(InvalidInstanceError, match=r"`max_iter` must be an integer >= 1; got 0"):
         dfo(m, proj, max_iter=0)
-    with pytest.raises(InvalidInstanceError, match=r"`step` must be 'lipschitz' or 'adaptive'; got 'big'"):
+    with pytest.raises(InvalidInstanceError, match=r"`step` must be one of 'linesearch', 'lipschitz', 'adaptive'; got 'big'"):
         dfo(m, proj, step="big")
     with pytest.raises(InvalidInstanceError, match=r"`patience` must be None or an integer >= 1; got 0"):
         dfo(m, proj, patience=0)

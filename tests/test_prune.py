@@ -13,7 +13,7 @@ from falcon_milp import UnknownSolverError, check_mask
 from falcon_milp.torch import OptionError
 from falcon_milp.torch.flops import flat_weights, prunable_layers
 from falcon_milp.torch.masks import is_masked
-from falcon_milp.torch.prune import METHODS, gradual_prune, prune_model
+from falcon_milp.torch import METHODS, gradual_prune, prune_model
 
 
 class Tiny(nn.Module):
@@ -60,7 +60,8 @@ def test_every_method_meets_the_budgets(method):
     else:
         assert nnz <= rep.max_nnz and flops <= rep.max_flops == pytest.approx(0.3 * rep.dense_flops)
     assert rep.within_budgets
-    assert rep.method == method and rep.n_grads == 32
+    # 48 examples: 24 set aside for the referee (min(256, N // 2)), 24 left for the gradients
+    assert rep.method == method and rep.n_grads == 24 and rep.n_val == 24
     assert rep.objective_before is not None and rep.objective_after is not None
     assert rep.times["total"] > 0 and set(rep.times) >= {"gradients", "projections", "backsolve"}
     after = flat_weights(layers)
@@ -93,7 +94,7 @@ def test_fisher_diagonal_metric_option():
     model, calib = tiny(7)
     rep = prune_model(model, calib, flops_fraction=0.25, method="falcon", metric="fisher-diagonal", n_grads=24)
     assert rep.within_budgets and rep.objective_after <= rep.objective_before * (1 + 1e-6) + 1e-12
-    with pytest.raises(OptionError, match=r"`metric` must be 'euclidean' or 'fisher-diagonal'; got 'l1'"):
+    with pytest.raises(OptionError, match=r"`metric` must be one of 'euclidean', 'fisher-diagonal'; got 'l1'"):
         prune_model(model, calib, metric="l1")
 
 
@@ -164,7 +165,7 @@ def test_prune_errors():
         prune_model(model, calib, flops_fraction=1.5)
     with pytest.raises(OptionError, match=r"`nnz_fraction` must be in \[0, 1\]; got -0.1"):
         prune_model(model, calib, nnz_fraction=-0.1)
-    with pytest.raises(OptionError, match=r"`method` must be one of falcon, falcon\+\+, .*; got 'sgd'"):
+    with pytest.raises(OptionError, match=r"`method` must be one of 'falcon', 'falcon\+\+', .*; got 'sgd'"):
         prune_model(model, calib, method="sgd")
     with pytest.raises(OptionError, match=r"give `flops_fraction` or `nnz_fraction` \(both are None\)"):
         prune_model(model, calib, flops_fraction=None)
@@ -216,3 +217,130 @@ def test_cli_prune_errors_are_one_line():
     assert res.stderr.strip() == "falcon-milp prune: error: `flops_fraction` must be in [0, 1]; got 1.5"
     res = run_cli("prune", "--arch", "resnet20", "--flops-fraction", "0.5", "--no-progress")
     assert res.returncode == 2 and "`--checkpoint` is required for arch 'resnet20'" in res.stderr
+
+
+# ----------------------------------------------------------------------------- referee, BN, safeguard
+class TinyBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, bias=False)
+        self.bn = nn.BatchNorm2d(3)
+        self.fc = nn.Linear(3 * 6 * 6, 4)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(self.bn(self.conv(x))), 1))
+
+
+def test_public_imports():
+    import falcon_milp.torch as ft
+    for name in ("prune_model", "gradual_prune", "PruneReport", "recalibrate_batchnorm", "Referee",
+                 "split_calibration", "refine_support", "QuadraticModel", "Projector"):
+        assert callable(getattr(ft, name)) or isinstance(getattr(ft, name), type)
+
+
+def test_falcon_report_holds_the_referee_grid_and_choice():
+    model, calib = tiny(2, n=80)
+    rep = prune_model(model, calib, flops_fraction=0.3, method="falcon", n_grads=40,
+                      lam2_rel=[1e-3, 1e-1], update_steps=[0.5, 1.0])
+    labels = [c["candidate"] for c in rep.referee]
+    for r in ("lam2_rel=0.001", "lam2_rel=0.1"):
+        assert f"{r}, t=0.5" in labels and f"{r}, t=1" in labels
+    assert "layer scales, t=0" in labels and labels[-2:] == ["magnitude", "result"]
+    scores = {c["candidate"]: c["score"] for c in rep.referee}
+    # the answer is the best-scored candidate of the stage (or magnitude, and then it says so)
+    stage_best = min((c for c in rep.referee[:-2]), key=lambda c: c["score"])
+    if rep.fallback is None:
+        assert rep.choice == stage_best["candidate"]
+        assert scores["result"] == pytest.approx(stage_best["score"])
+        assert scores["result"] <= scores["magnitude"]
+    else:
+        assert rep.fallback == "magnitude" and scores["magnitude"] < scores["result"]
+    assert rep.n_val == 40 and rep.n_grads == 40
+    assert rep.val_loss_after is not None and rep.val_loss_magnitude is not None
+    assert rep.bn_recalibrated == 0 and len(rep.log2_layer_scales) == 3
+
+
+def test_safeguard_returns_magnitude_when_falcon_validates_worse(monkeypatch):
+    """A stage that returns garbage (all kept weights multiplied by -50) must be caught."""
+    import falcon_milp.torch.prune as prune_mod
+    real = prune_mod.run_stage
+
+    def broken(X, w_cur, projector, sizes, cfg, referee, times, **kw):
+        res = real(X, w_cur, projector, sizes, cfg, None, times, **kw)
+        res.w = -50.0 * res.w
+        return res
+
+    monkeypatch.setattr(prune_mod, "run_stage", broken)
+    model, calib = tiny(3, n=80)
+    w0 = flat_weights(prunable_layers(model, calib[0][:1])).clone()
+    rep = prune_model(model, calib, flops_fraction=0.3, method="falcon", n_grads=40)
+    assert rep.fallback == "magnitude"
+    after = flat_weights(prunable_layers(model, calib[0][:1]))
+    kept = after != 0
+    assert torch.equal(after[kept], w0[kept])                 # the magnitude solution: no update
+    model2, _ = tiny(3, n=80)
+    rep2 = prune_model(model2, calib, flops_fraction=0.3, method="falcon", n_grads=40, safeguard=False)
+    assert rep2.fallback is None
+
+
+@pytest.mark.parametrize("method", ["magnitude", "falcon", "falcon++"])
+def test_batchnorm_is_reestimated_after_pruning(method):
+    torch.manual_seed(0)
+    model = TinyBN().eval()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(80, 1, 8, 8, generator=gen)
+    y = torch.randint(0, 4, (80,), generator=gen)
+    rep = prune_model(model, (x, y), flops_fraction=0.3, method=method, n_grads=40, stages=2)
+    assert rep.bn_recalibrated == 1 and rep.within_budgets
+    # the running mean is the mean of the pruned conv's outputs on the gradient part's inputs
+    with torch.no_grad():
+        z = model.conv(x)
+    assert model.bn.running_mean.abs().max() <= z.mean(dim=(0, 2, 3)).abs().max() * 3 + 1e-3
+    model2 = TinyBN().eval()
+    before = model2.bn.running_mean.clone()
+    rep2 = prune_model(model2, (x, y), flops_fraction=0.3, method="magnitude", bn_recalibrate=False)
+    assert rep2.bn_recalibrated == 0 and torch.equal(model2.bn.running_mean, before)
+
+
+def test_falcon_plus_plus_reports_stages_with_times_and_paper_schedule():
+    model, calib = tiny(4, n=80)
+    rep = prune_model(model, calib, flops_fraction=0.3, method="falcon++", n_grads=40, stages=3)
+    assert [s["stage"] for s in rep.stages] == [1, 2, 3]
+    assert all(s["seconds"] > 0 and s["choice"] for s in rep.stages)
+    from falcon_milp.torch.schedules import stage_budgets
+    assert len(stage_budgets(0.3, None, 20)) == 20
+    model2, _ = tiny(4, n=80)
+    rep2 = prune_model(model2, calib, flops_fraction=0.3, method="falcon++", n_grads=40,
+                       schedule="paper", layer_scales="none", lam2_rel=1e-2, update_steps=1.0)
+    assert len(rep2.stages) == 20 and rep2.stages[-1]["flops_fraction"] == 0.3
+
+
+def test_sampled_fisher_and_summed_rows():
+    from falcon_milp.torch.prune import _gradients
+    model, (x, y) = tiny(5, n=40)
+    layers = prunable_layers(model, x[:1])
+    X1 = _gradients(model, layers, (x, y), None, None, "empirical", 1, 0)
+    X4 = _gradients(model, layers, (x, y), None, None, "sampled", 4, 0)
+    assert X1.shape == (40, 587) and X4.shape == (10, 587)
+    # same scale: both estimate a Fisher whose trace is of the same order
+    assert 0.05 < float((X4 ** 2).sum()) / float((X1 ** 2).sum()) < 20
+
+
+def test_new_option_errors():
+    model, calib = tiny()
+    with pytest.raises(OptionError, match=r"`lam2_rel` must be a number or a non-empty list of numbers; got \[\]"):
+        prune_model(model, calib, lam2_rel=[])
+    with pytest.raises(OptionError, match=r"`update_steps` entries must be numbers in \[0, 1\]; got 2"):
+        prune_model(model, calib, update_steps=[0.5, 2])
+    with pytest.raises(OptionError, match=r"`fisher` must be one of 'empirical', 'sampled'; got 'exact'"):
+        prune_model(model, calib, fisher="exact")
+    with pytest.raises(OptionError, match=r"`fisher='sampled'` draws class labels: it needs the default cross-entropy loss"):
+        prune_model(model, calib, fisher="sampled", loss_fn=lambda o, t: o.sum())
+    with pytest.raises(OptionError, match=r"`schedule` must be one of None, 'polynomial', 'paper'; got 'fast'"):
+        prune_model(model, calib, schedule="fast")
+    with pytest.raises(OptionError, match=r"`val_fraction` must be in \[0, 1\]; got 1.5"):
+        prune_model(model, calib, val_fraction=1.5)
+    with pytest.raises(OptionError, match=r"`grads_per_row` must be an integer >= 1; got 0"):
+        prune_model(model, calib, grads_per_row=0)
+    with pytest.raises(OptionError, match=r"`criterion` must be one of 'calibrated-loss', 'loss', 'accuracy'; got 'f1'"):
+        prune_model(model, calib, criterion="f1")

@@ -28,6 +28,7 @@ def counter_macs(model, x):
     ("resnet50", 54, 25_502_912, 4_089_184_256, {12544, 3136, 784, 196, 49, 1}),
     ("mnist_mlp", 3, 32_360, 32_360, {1}),
     ("mnist_cnn", 4, 46_608, 1_083_008, {576, 64, 1}),
+    ("mnist_bn_cnn", 5, 65_808, 1_298_304, {784, 196, 25, 1}),
 ])
 def test_check_values(arch, n_tensors, n_weights, macs, distinct):
     model, x = build_model(arch, device="meta"), example_input(arch, device="meta")

@@ -17,7 +17,7 @@ MNIST_DIR = BUNDLED_MNIST      # the test set ships with the package (no ../shar
 def test_bundled_models_accuracy_on_test_set():
     meta = json.loads(resources.files("falcon_milp").joinpath("data", "models.json").read_text())
     x, y = load_mnist(MNIST_DIR, "test")
-    for arch, floor in (("mnist_mlp", 0.95), ("mnist_cnn", 0.98)):
+    for arch, floor in (("mnist_mlp", 0.95), ("mnist_cnn", 0.98), ("mnist_bn_cnn", 0.985)):
         acc = evaluate(load_pretrained(arch), x, y)
         assert acc >= floor
         assert acc == pytest.approx(meta[arch]["test_accuracy"], abs=0.002)
@@ -54,7 +54,7 @@ def test_errors():
         train_classifier(model, x, y, batch_size=2.5)
     with pytest.raises(OptionError, match=r"^`lr` must be a finite number > 0; got -1$"):
         train_classifier(model, x, y, lr=-1)
-    with pytest.raises(DataFileError, match=r"^no bundled weights for architecture 'resnet20'; bundled: mnist_cnn, mnist_mlp$"):
+    with pytest.raises(DataFileError, match=r"^no bundled weights for architecture 'resnet20'; bundled: mnist_bn_cnn, mnist_cnn, mnist_mlp$"):
         load_pretrained("resnet20")
     with pytest.raises(ModelError, match=r"^unknown architecture 'x'; known: "):
         pretrained_path("x")

@@ -16,6 +16,12 @@ Modules (stable APIs other modules build on):
 - :mod:`.importance` -- magnitude, OBS/WoodFisher and FlexRel-style importance scores.
 - :mod:`.export` -- ``export_instance(model, example_input, ...) -> PruningInstance``.
 - :mod:`.train` -- a small deterministic training loop and accuracy evaluation.
+- :mod:`.quadratic`, :mod:`.dfo`, :mod:`.backsolve` -- the local quadratic model Q, DFO (IHT
+  with the ILP as projection, support swaps), the backsolve on a support.
+- :mod:`.batchnorm` -- BatchNorm re-estimation; :mod:`.referee` -- validation split, the real
+  loss as judge of candidates, the layer-scale search.
+- :mod:`.stage` -- one FALCON stage; :mod:`.prune` -- ``prune_model`` (every method);
+  :mod:`.gradual` -- ``gradual_prune`` (prune, fine-tune, repeat).
 """
 from __future__ import annotations
 
@@ -69,6 +75,21 @@ _LAZY = {
     "pruned_state_dict": "masks",
     "get_importance": "importance",
     "export_instance": "export",
+    "prune_model": "prune",
+    "PruneReport": "prune",
+    "METHODS": "prune",
+    "gradual_prune": "gradual",
+    "GradualReport": "gradual",
+    "recalibrate_batchnorm": "batchnorm",
+    "has_batchnorm": "batchnorm",
+    "Referee": "referee",
+    "split_calibration": "referee",
+    "search_layer_scales": "referee",
+    "QuadraticModel": "quadratic",
+    "Projector": "dfo",
+    "refine_support": "dfo",
+    "run_stage": "stage",
+    "StageConfig": "stage",
 }
 
 __all__ = ["CheckpointMismatchError", "DataFileError", "InputShapeError", "ModelError",

@@ -12,14 +12,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-_ARCHS = ("resnet20", "mobilenetv1", "resnet50", "mnist_mlp", "mnist_cnn")  # = ARCHITECTURES keys
+_ARCHS = ("resnet20", "mobilenetv1", "resnet50", "mnist_mlp", "mnist_cnn", "mnist_bn_cnn")  # = ARCHITECTURES keys
 
 
 def add_model_options(parser: argparse.ArgumentParser, data_help: str) -> None:
     """The options that pick a model and its calibration data (shared by `export` and `prune`)."""
     parser.add_argument("--arch", required=True, choices=_ARCHS, help="architecture name")
     parser.add_argument("--checkpoint", metavar="PATH",
-                        help="state_dict file (default: the bundled weights of mnist_mlp / mnist_cnn)")
+                        help="state_dict file (default: the bundled weights of mnist_mlp / mnist_cnn / mnist_bn_cnn)")
     parser.add_argument("--random-init", action="store_true",
                         help="use randomly initialised weights (seeded by --seed) instead of a checkpoint")
     parser.add_argument("--data", metavar="SPEC", help=data_help)
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.random_init:
         source = f"random init (seed {args.seed})"
     else:
-        if args.arch not in ("mnist_mlp", "mnist_cnn"):
+        if args.arch not in ("mnist_mlp", "mnist_cnn", "mnist_bn_cnn"):
             raise OptionError(f"`--checkpoint` is required for arch '{args.arch}' (no bundled weights); "
                               "or pass --random-init")
         source = pretrained_path(args.arch)

@@ -99,11 +99,180 @@ class DFOResult:
     n_refine_steps: int = 0
     times: dict[str, float] = field(default_factory=dict)
     last_step: float = 0.0
+    n_projections: int = 0
+
+
+STEP_RULES = ("linesearch", "lipschitz", "adaptive")
+
+
+def _dfo_linesearch(model: QuadraticModel, project: Callable[[np.ndarray], np.ndarray],
+                    w_init: np.ndarray | None, max_iter: int, tol: float, patience: int | None,
+                    metric: np.ndarray | None, refine_iters: int,
+                    callback: Callable[[int, float], None] | None,
+                    times: dict[str, float], growth: float = 2.0, max_grow: int = 20,
+                    max_bisect: int = 12) -> "DFOResult":
+    """DFO with the support-aware step rule of :func:`_linesearch_iteration` (no Lipschitz
+    constant needed). The first iterate is the projection of w_init moved by the exact line
+    minimiser along -D^-1 grad over all coordinates (w_init itself when grad Q(w_init) = 0)."""
+    w = model.w0.copy() if w_init is None else np.asarray(w_init, dtype=np.float64).reshape(-1).copy()
+    if w.size != model.p:
+        raise InvalidInstanceError(f"`w_init` must have p = {model.p} entries; got {w.size}")
+    t = time.perf_counter()
+    q, grad = model.value_and_grad(w)
+    d = -grad if metric is None else -grad / metric
+    tau = 0.0
+    if np.any(d):
+        curv = float(d @ model.hessvec(d))
+        slope = float(grad @ d)
+        tau = -slope / curv if curv > 0 and slope < 0 else 0.0
+    u = w + tau * d
+    imp = u * u if metric is None else metric * u * u
+    times["gradient_steps"] += time.perf_counter() - t
+    t = time.perf_counter()
+    mask = np.asarray(project(imp), dtype=bool)
+    times["projections"] += time.perf_counter() - t
+    n_proj = 1
+    w = np.where(mask, u, 0.0)
+    q, grad = model.value_and_grad(w)
+    history = [q]
+    if callback is not None:
+        callback(1, q)
+    it, stable, n_refine, n_safe, converged = 1, 0, 0, 0, False
+    while it < max_iter:
+        it += 1
+        w_new, m_new, q_new, g_new, k, k_safe = _linesearch_iteration(
+            model, project, w, q, grad, mask, metric, growth, max_grow, max_bisect, times)
+        n_proj += k
+        n_safe += k_safe
+        same = np.array_equal(m_new, mask)
+        if same and refine_iters > 0:
+            t = time.perf_counter()
+            w_ref, k_cg, _ = conjugate_gradient(model, w_new, m_new, max_iter=refine_iters, grad=g_new)
+            q_ref, g_ref = model.value_and_grad(w_ref)
+            if q_ref <= q_new:
+                w_new, q_new, g_new = w_ref, q_ref, g_ref
+                n_refine += k_cg
+            times["refine"] += time.perf_counter() - t
+        decrease = q - q_new
+        w, q, grad, mask = w_new, q_new, g_new, m_new
+        stable = stable + 1 if same else 0
+        history.append(q)
+        if callback is not None:
+            callback(it, q)
+        if decrease <= tol * max(abs(q), 1e-30) and same:
+            converged = True
+            break
+        if patience is not None and stable >= patience:
+            converged = True
+            break
+    return DFOResult(w, mask, q, history, it, converged, math.nan, 0, n_safe, n_refine, times, 0.0,
+                     n_projections=n_proj)
+
+
+def _linesearch_iteration(model: QuadraticModel, project: Callable[[np.ndarray], np.ndarray],
+                          w: np.ndarray, q: float, grad: np.ndarray, mask: np.ndarray,
+                          metric: np.ndarray | None, growth: float, max_grow: int,
+                          max_bisect: int, times: dict[str, float]) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, int, int]:
+    """One DFO iteration with the support-aware step rule (``step="linesearch"``).
+
+    d = -D^-1 grad Q(w) (D = I for the Euclidean metric), w supported on ``mask`` = M.
+
+    1. tau_M = (grad_M . -d_M) / (d_M^T H d_M): the exact minimiser of Q along d restricted to
+       M (closed form, Q is quadratic). If projecting u = w + tau_M d keeps M, that step is taken.
+    2. Otherwise the kept set changes at some tau_c <= tau_M; bisection on [0, tau_M] finds it
+       (to a factor 2^-max_bisect), then tau = tau_c, growth tau_c, growth^2 tau_c, ... is tried
+       while Q(P(w + tau d)) decreases. The best of those and the same-support step of length
+       min(tau_M, largest tau seen keeping M) is taken, so Q never increases.
+
+    Returns (w_new, mask_new, q_new, grad_new, number of projections, number of safeguarded
+    projections).
+    """
+    d = -grad if metric is None else -grad / metric
+    d_M = np.where(mask, d, 0.0)
+    t = time.perf_counter()
+    Hd = model.hessvec(d_M)
+    curv = float(d_M @ Hd)
+    slope = float(grad @ d_M)                         # <= 0
+    times["gradient_steps"] += time.perf_counter() - t
+    n_proj = n_safe = 0
+
+    def project_at(tau: float) -> tuple[np.ndarray, np.ndarray]:
+        nonlocal n_proj, n_safe
+        u = w + tau * d
+        imp = u * u if metric is None else metric * u * u
+        t0 = time.perf_counter()
+        m = np.asarray(project(imp), dtype=bool)
+        if float(np.sum(imp, where=mask)) > float(np.sum(imp, where=m)):
+            m = mask                                     # safeguard: the current support projects better
+            n_safe += 1
+        times["projections"] += time.perf_counter() - t0
+        n_proj += 1
+        return u, m
+
+    def evaluate(u: np.ndarray, m: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        t0 = time.perf_counter()
+        w_new = np.where(m, u, 0.0)
+        qv, g = model.value_and_grad(w_new)
+        times["gradient_steps"] += time.perf_counter() - t0
+        return qv, w_new, g
+
+    d_max = float(np.max(np.abs(d), initial=0.0))
+    if d_max == 0.0 or not math.isfinite(d_max):
+        return w, mask, q, grad, 0, 0                      # stationary
+    if curv > 0.0 and slope < 0.0:
+        tau_m = -slope / curv
+    else:                                                # no descent on M: probe the support change only
+        tau_m = max(float(np.max(np.abs(w), initial=0.0)), 1e-12) / d_max
+    best_w, best_m, best_q, best_g = w, mask, q, grad
+    u, m_new = project_at(tau_m)
+    lo, hi = 0.0, tau_m
+    if np.array_equal(m_new, mask):
+        qv, w_new, g = evaluate(u, mask)
+        if qv <= q:
+            best_w, best_m, best_q, best_g = w_new, mask, qv, g
+        # look further out for the first step that changes the kept set
+        lo, hi = tau_m, math.nan
+        for _ in range(max_grow):
+            tau = lo * growth * growth
+            if not math.isfinite(tau * d_max):
+                break
+            _, m_far = project_at(tau)
+            if not np.array_equal(m_far, mask):
+                hi = tau
+                break
+            lo = tau
+        if math.isnan(hi):
+            return best_w, best_m, best_q, best_g, n_proj, n_safe
+    for _ in range(max_bisect):                          # bisection for the first change of the kept set
+        mid = math.sqrt(lo * hi) if lo > 0.0 else 0.5 * hi
+        _, m_mid = project_at(mid)
+        if np.array_equal(m_mid, mask):
+            lo = mid
+        else:
+            hi = mid
+    if 0.0 < lo < tau_m and curv > 0.0 and slope < 0.0:   # the same-support step of length lo
+        qv, w_same, g = evaluate(w + lo * d, mask)
+        if qv < best_q:
+            best_w, best_m, best_q, best_g = w_same, mask, qv, g
+    tau = hi
+    prev = math.inf
+    for _ in range(max_grow + 1):
+        if not math.isfinite(tau * d_max):
+            break
+        u, m_tau = project_at(tau)
+        qv, w_tau, g = evaluate(u, m_tau)
+        if qv < best_q:
+            best_w, best_m, best_q, best_g = w_tau, m_tau, qv, g
+        if qv >= prev:
+            break
+        prev = qv
+        tau *= growth
+    return best_w, best_m, best_q, best_g, n_proj, n_safe
 
 
 def dfo(model: QuadraticModel, project: Callable[[np.ndarray], np.ndarray], *,
         w_init: np.ndarray | None = None, lipschitz: float | None = None, max_iter: int = 100,
-        tol: float = 1e-4, patience: int | None = None, step: str = "lipschitz",
+        tol: float = 1e-4, patience: int | None = None, step: str = "linesearch",
         max_step_scale: float = 1024.0, metric: np.ndarray | None = None, refine_iters: int = 0,
         max_backtracks: int = 30,
         callback: Callable[[int, float], None] | None = None) -> DFOResult:
@@ -111,7 +280,10 @@ def dfo(model: QuadraticModel, project: Callable[[np.ndarray], np.ndarray], *,
 
     project : maps importances (p,) to a feasible bool mask (e.g. a :class:`Projector`).
     lipschitz : L; default from power iteration (:meth:`QuadraticModel.lipschitz`).
-    step : ``"lipschitz"``: tau = 1/L (the paper's rule; L doubled if a step fails to descend);
+    step : ``"linesearch"`` (default): the support-aware rule of :func:`_linesearch_iteration`
+        (exact line minimiser on the support when the support would not change, else the
+        smallest step that changes it, grown geometrically while Q decreases; no L needed);
+        ``"lipschitz"``: tau = 1/L (the paper's rule; L doubled if a step fails to descend);
         ``"adaptive"``: tau = s/L with s tried from min(2 s_prev, max_step_scale) down, halving
         until Q decreases (once s <= 1 descent is guaranteed, as in the lipschitz rule).
     metric : optional diagonal D > 0 (p,): DFO in the norm ||x||_D^2 = sum_i D_i x_i^2, i.e.
@@ -125,8 +297,8 @@ def dfo(model: QuadraticModel, project: Callable[[np.ndarray], np.ndarray], *,
     if patience is not None and (not isinstance(patience, (int, np.integer)) or isinstance(patience, bool)
                                  or patience < 1):
         raise InvalidInstanceError(f"`patience` must be None or an integer >= 1; got {patience!r}")
-    if step not in ("lipschitz", "adaptive"):
-        raise InvalidInstanceError(f"`step` must be 'lipschitz' or 'adaptive'; got {step!r}")
+    if step not in STEP_RULES:
+        raise InvalidInstanceError(f"`step` must be one of {', '.join(map(repr, STEP_RULES))}; got {step!r}")
     if not (isinstance(max_step_scale, (int, float)) and 1.0 <= max_step_scale < math.inf):
         raise InvalidInstanceError(f"`max_step_scale` must be a finite number >= 1; got {max_step_scale!r}")
     for name, val, lo in (("max_iter", max_iter, 1), ("refine_iters", refine_iters, 0),
@@ -141,6 +313,9 @@ def dfo(model: QuadraticModel, project: Callable[[np.ndarray], np.ndarray], *,
         metric = np.asarray(metric, dtype=np.float64)
         if metric.shape != (model.p,) or not np.all(metric > 0) or not np.all(np.isfinite(metric)):
             raise InvalidInstanceError(f"`metric` must be {model.p} finite numbers > 0")
+    if step == "linesearch":
+        return _dfo_linesearch(model, project, w_init, max_iter, tol, patience, metric,
+                               refine_iters, callback, times)
     if lipschitz is None:
         lipschitz = model.lipschitz(metric=metric)
     if not (lipschitz > 0 and math.isfinite(lipschitz)):
@@ -215,4 +390,73 @@ def dfo(model: QuadraticModel, project: Callable[[np.ndarray], np.ndarray], *,
             break
     assert mask is not None
     return DFOResult(w, mask, q, history, it, converged, L / min(scale, 1.0), n_back, n_safe,
-                     n_refine, times, scale / L)
+                     n_refine, times, scale / L, n_projections=it + n_back)
+
+
+@dataclass
+class SupportSearch:
+    """Outcome of :func:`refine_support`: weights and support after the swaps, Q before/after."""
+
+    w: np.ndarray
+    mask: np.ndarray
+    objective: float
+    objective_start: float
+    n_iter: int
+    n_swapped: int
+    n_candidates: int
+    history: list[float] = field(default_factory=list)
+
+
+def refine_support(model: QuadraticModel, project: Callable[[np.ndarray], np.ndarray], w: np.ndarray,
+                   mask: np.ndarray, *, metric: np.ndarray | None = None,
+                   group_sizes: Sequence[int] | None = None, iters: int = 10,
+                   log2_taus: Sequence[float] = tuple(range(-8, 5)), candidate_iters: int = 5,
+                   block_size: int = 2000) -> SupportSearch:
+    """Support swaps judged at each candidate's own minimiser (hard thresholding pursuit).
+
+    Plain IHT compares supports at the point u = w - tau D^-1 grad Q(w), where the kept weights
+    have moved by a gradient step too; on an ill-conditioned Q that hides every good swap (the
+    DFO then keeps its first support). Here, from w (the minimiser of Q on ``mask``, so grad Q
+    is ~0 on the support and the pruned coordinates carry the information), for each tau in
+    tau_ref 2^k (k in ``log2_taus``; tau_ref puts the largest pruned |D^-1 grad| at the median
+    kept |w|) the candidate support is the projection of u(tau), and its value is
+    min Q on it (the block-preconditioned backsolve, ``candidate_iters`` steps, warm start u).
+    The best candidate replaces the support when it lowers Q; ``iters`` rounds at most.
+    Every mask comes from ``project``, so every budget holds.
+    """
+    from .backsolve import backsolve
+    mask = np.asarray(mask, dtype=bool).copy()
+    w = np.where(mask, w, 0.0)
+    q = model.value(w)
+    q_start = q
+    history = [q]
+    swapped = n_cand = 0
+    it = 0
+    for it in range(1, iters + 1):
+        grad = model.gradient(w)
+        d = grad if metric is None else grad / metric
+        off = np.abs(np.where(mask, 0.0, d))
+        if not mask.any() or float(off.max(initial=0.0)) == 0.0:
+            break
+        tau_ref = float(np.median(np.abs(w[mask]))) / float(off.max())
+        seen = {np.packbits(mask).tobytes()}
+        best: tuple[float, np.ndarray, np.ndarray] | None = None
+        for k in log2_taus:
+            u = w - tau_ref * 2.0 ** k * d
+            imp = u * u if metric is None else metric * u * u
+            cand = np.asarray(project(imp), dtype=bool)
+            key = np.packbits(cand).tobytes()
+            if key in seen:
+                continue
+            seen.add(key)
+            n_cand += 1
+            bs = backsolve(model, cand, w_start=u, group_sizes=group_sizes, block_size=block_size,
+                           max_iter=candidate_iters)
+            if best is None or bs.objective < best[0]:
+                best = (bs.objective, cand, bs.w)
+        if best is None or best[0] >= q - 1e-12 * max(abs(q), 1e-30):
+            break
+        swapped += int(np.count_nonzero(best[1] & ~mask))
+        q, mask, w = best[0], best[1], best[2]
+        history.append(q)
+    return SupportSearch(w, mask, q, q_start, it, swapped, n_cand, history)

@@ -22,9 +22,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import ModelError
-from .flops import PrunableLayer, dense_nnz, prunable_layers
+from .flops import PrunableLayer, dense_nnz, prunable_layers, set_flat_weights
 
-__all__ = ["Usage", "WeightMask", "apply_mask", "check_layers_match", "count_usage", "current_mask",
+__all__ = ["Usage", "WeightMask", "apply_mask", "check_layers_match", "count_usage", "current_mask", "write_weights",
            "is_masked", "layer_usage", "pruned_state_dict", "remove_masks", "save_pruned"]
 
 
@@ -182,3 +182,16 @@ def count_usage(model: nn.Module, example_input: Any, include: Any = None) -> Us
     """Measure the model's zero-aware NNZ and FLOPs (FLOP costs from a forward pass on
     ``example_input``; see :func:`falcon_milp.torch.flops.prunable_layers`)."""
     return layer_usage(prunable_layers(model, example_input, include))
+
+
+def write_weights(layers: Sequence[PrunableLayer], w: Any, mask: Any, keep_masks: bool = False) -> None:
+    """Write the flat weights ``w`` (zero off the flat bool ``mask``) into the layers.
+
+    Layers that already carry a :class:`WeightMask` get their mask updated to ``mask`` (so the
+    effective weights are exactly ``w`` on the mask); ``keep_masks=True`` registers masks on
+    all layers (the zeros then survive later training).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    set_flat_weights(layers, torch.from_numpy(np.where(mask, np.asarray(w, dtype=np.float64), 0.0)))
+    if keep_masks or any(is_masked(l.module, l.param_name) for l in layers):
+        apply_mask(layers, mask)

@@ -3,12 +3,14 @@
 Methods (``method=``), all through :func:`prune_model`:
 
 =========================  ===================================================================
-``"falcon"``               one stage: DFO (IHT with the FLOP+NNZ ILP as projection, any solver)
-                           on the local quadratic model Q, then a backsolve on its support.
-``"falcon++"``             ``stages`` stages on a polynomial schedule (start ``schedule_start``),
-                           per-sample gradients recomputed at every stage on a fresh calibration
-                           subset (``resample``), no retraining. Holds the stage's X and the
-                           first stage's X (for the reported Q): twice the memory of X.
+``"falcon"``               one stage (:mod:`.stage`): layer scales, DFO (IHT with the FLOP+NNZ
+                           ILP as projection, any solver), support swaps, backsolve; the
+                           candidates judged by the validation loss (the referee).
+``"falcon++"``             ``stages`` such stages on a polynomial schedule (start
+                           ``schedule_start``), per-sample gradients recomputed at the current
+                           weights at every stage on a fresh calibration subset (``resample``),
+                           BatchNorm re-estimated between stages, no retraining.
+                           ``schedule="paper"``: the paper's scripts (20 stages, cubic, from 70%).
 ``"magnitude"``            the paper's FLOP-aware magnitude pruning: the ILP on I = w^2 with both
                            budgets (solved by ``solver``), no weight update.
 ``"layerwise-magnitude"``  the same kept fraction r in every layer, r = min(F / F_dense, S / p),
@@ -18,59 +20,69 @@ Methods (``method=``), all through :func:`prune_model`:
                            weight update, computed as the backsolve on the kept support (for a
                            set of pruned weights the multi-weight OBS update is exactly the
                            minimiser of Q with those weights at zero).
-``"nnz-only"``             CHITA-like: DFO + backsolve with the NNZ budget only (S from
+``"nnz-only"``             CHITA-like: the ``falcon`` stage with the NNZ budget only (S from
                            ``nnz_fraction``, or ``flops_fraction * p`` when that is not given);
                            its FLOP use is reported, not enforced.
 =========================  ===================================================================
 
-Q is the model of :mod:`falcon_milp.torch.quadratic` (X = per-sample gradients / sqrt(n), so
-X^T X is the empirical Fisher). Budgets: S = floor(nnz_fraction * p), F = flops_fraction *
-dense FLOPs (MACs per example); ``None`` = no such budget.
+Data: ``calib`` is a pool of training examples. A validation part (``val_fraction``, disjoint)
+is set aside for the referee; the gradients use ``n_grads`` examples of the rest. With
+``safeguard=True`` a FALCON result whose validation loss is above FLOP-aware magnitude's is
+replaced by the magnitude solution, and the report says so (``fallback="magnitude"``).
+BatchNorm statistics are re-estimated after pruning (``bn_recalibrate=None``: when the model
+has BatchNorm) from the gradient part's inputs, for every method.
 
-The report's ``objective_before`` is Q at the FLOP-aware magnitude solution (the ILP on w0^2,
-weights unchanged: the starting point of DFO; with ``metric="fisher-diagonal"`` the ILP on
-diag(H) w0^2, where that DFO starts), ``objective_after`` Q at the final weights,
-both on the quadratic model built at the original weights; kept NNZ/FLOP fractions are
-measured on the pruned model (zero-aware).
+Q is the model of :mod:`falcon_milp.torch.quadratic` (X = per-sample gradients / sqrt(n), so
+X^T X is the empirical Fisher; ``fisher="sampled"``: targets drawn from the model's own
+predictive distribution; ``grads_per_row=m``: each row sums m examples' gradients / sqrt(m)).
+Budgets: S = floor(nnz_fraction * p), F = flops_fraction * dense FLOPs (MACs per example);
+``None`` = no such budget. The report's ``objective_before`` is Q at the FLOP-aware magnitude
+solution, ``objective_after`` Q at the final weights, both on the quadratic model built at the
+original weights; kept NNZ/FLOP fractions are measured on the pruned model (zero-aware).
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from numbers import Integral, Real
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import OptionError
 from .backsolve import backsolve
-from .dfo import DFOResult, Projector, dfo
+from .batchnorm import has_batchnorm, recalibrate_batchnorm
+from .dfo import STEP_RULES, Projector
 from .flops import (PrunableLayer, dense_flops, dense_nnz, flat_weights, flops_vector, group_sizes,
-                    prunable_layers, set_flat_weights)
-from .masks import apply_mask, is_masked, layer_usage, remove_masks
+                    prunable_layers)
+from .masks import layer_usage, write_weights
+from .options import Calib, check_calib, choice, fraction, grid, int_option, real_option
 from .quadratic import QuadraticModel
-from .schedules import gradual_epochs, stage_budgets
+from .referee import CRITERIA, Referee, mean_loss, split_calibration
+from .schedules import stage_budgets
+from .stage import StageConfig, StageResult, run_stage
 
-__all__ = ["METHODS", "PruneReport", "GradualReport", "gradual_prune", "prune_model"]
+__all__ = ["FISHERS", "METHODS", "PruneReport", "prune_model"]
 
 METHODS = ("falcon", "falcon++", "magnitude", "layerwise-magnitude", "ratio-greedy", "obs", "nnz-only")
+FISHERS = ("empirical", "sampled")
 _NEEDS_GRADS = ("falcon", "falcon++", "obs", "nnz-only")
-
-Calib = tuple[torch.Tensor, torch.Tensor]
+_STAGED = ("falcon", "falcon++", "nnz-only")
 
 
 @dataclass
 class PruneReport:
     """What :func:`prune_model` did. Fractions are measured on the pruned model.
 
-    times: seconds per phase -- ``gradients`` (per-sample gradients), ``lipschitz`` (power
-    iteration), ``dfo_steps`` (gradient steps and objective evaluations), ``projections``
-    (ILP solves), ``refine`` (active-set CG), ``backsolve``, ``selection`` (the baselines' one
-    solve), ``objective`` (Q evaluations for the report), ``total``.
+    times: seconds per phase -- ``gradients`` (per-sample gradients), ``scale_search`` (layer
+    scales judged by the referee), ``dfo_steps``, ``projections`` (ILP solves inside DFO),
+    ``support_swaps``, ``backsolve``, ``referee`` (validation losses of the update candidates),
+    ``selection`` (the baselines' one solve), ``batchnorm``, ``objective`` (Q for the report),
+    ``total``. ``referee``: every candidate of the (last) stage judged on the validation part
+    (loss, accuracy, score), then ``magnitude`` and ``result`` of the safeguard; ``choice``:
+    the chosen candidate; ``fallback`` is ``"magnitude"`` when the safeguard replaced it.
     """
 
     method: str
@@ -90,53 +102,28 @@ class PruneReport:
     objective_after: float | None = None
     loss_before: float | None = None
     loss_after: float | None = None
+    val_loss_before: float | None = None
+    val_loss_after: float | None = None
+    val_accuracy_after: float | None = None
+    val_loss_magnitude: float | None = None
+    n_val: int = 0
+    fallback: str | None = None
+    bn_recalibrated: int = 0
     n_grads: int = 0
     lam2: float | None = None
     lipschitz: float | None = None
     dfo_iterations: int = 0
     n_projections: int = 0
     backsolve_iterations: int = 0
+    choice: str | None = None
+    log2_layer_scales: list[float] = field(default_factory=list)
     times: dict[str, float] = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)
+    referee: list[dict[str, Any]] = field(default_factory=list)
     per_layer: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# ----------------------------------------------------------------------------- validation
-def _fraction(value: Any, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= float(value) <= 1.0:
-        raise OptionError(f"`{name}` must be in [0, 1]; got {value!r}")
-    return float(value)
-
-
-def _int_option(value: Any, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or int(value) < low:
-        raise OptionError(f"`{name}` must be an integer >= {low}; got {value!r}")
-    return int(value)
-
-
-def _real_option(value: Any, name: str, low: float = 0.0, strict: bool = False) -> float:
-    ok = (not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(float(value))
-          and (float(value) > low if strict else float(value) >= low))
-    if not ok:
-        sign = ">" if strict else ">="
-        raise OptionError(f"`{name}` must be a finite number {sign} {low:g}; got {value!r}")
-    return float(value)
-
-
-def _check_calib(calib: Any) -> Calib:
-    if not (isinstance(calib, (tuple, list)) and len(calib) == 2
-            and all(isinstance(t, torch.Tensor) for t in calib)):
-        raise OptionError("`calib` must be a pair of tensors (inputs, targets)")
-    x, y = calib
-    if x.ndim < 1 or y.ndim < 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise OptionError(f"`calib` inputs and targets must hold the same number (>= 1) of examples; "
-                          f"got {tuple(x.shape)} and {tuple(y.shape)}")
-    return x, y
 
 
 def _subsample(calib: Calib, n: int, seed: int, stage: int = 0) -> Calib:
@@ -151,42 +138,29 @@ def _subsample(calib: Calib, n: int, seed: int, stage: int = 0) -> Calib:
 
 # ----------------------------------------------------------------------------- pieces
 def _gradients(model: nn.Module, layers: Sequence[PrunableLayer], calib: Calib,
-               loss_fn: Callable | None, chunk_size: int | None) -> np.ndarray:
-    """X = per-sample gradients / sqrt(n), float32 numpy (n, p)."""
+               loss_fn: Callable | None, chunk_size: int | None, fisher: str, grads_per_row: int,
+               seed: int) -> np.ndarray:
+    """X: float32 numpy (rows, p), rows = (sums of ``grads_per_row``) per-sample gradients,
+    scaled so that X^T X estimates the Fisher (empirical, or sampled from the model)."""
     from .gradients import per_sample_grads
-    G = per_sample_grads(model, calib[0], calib[1], layers, loss_fn, chunk_size)
+    x, y = calib
+    if fisher == "sampled":
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            try:
+                logits = torch.cat([model(x[s:s + 512]) for s in range(0, x.shape[0], 512)])
+            finally:
+                model.train(was)
+        gen = torch.Generator().manual_seed(int(seed) + 104_729)
+        y = torch.multinomial(torch.softmax(logits.double(), dim=1), 1, generator=gen).squeeze(1)
+    G = per_sample_grads(model, x, y, layers, loss_fn, chunk_size)
+    m = grads_per_row
+    if m > 1:
+        rows = G.shape[0] // m
+        G = G[:rows * m].reshape(rows, m, -1).sum(dim=1) / math.sqrt(m)
     G /= math.sqrt(G.shape[0])
     return G.numpy()
-
-
-def _quadratic(X: np.ndarray, w0: np.ndarray, lam2: float | None, lam2_rel: float,
-               alpha: float) -> QuadraticModel:
-    """Q at w0; lam2 = lam2_rel * mean(diag Fisher) unless given; g = mean gradient if alpha."""
-    g = X.sum(axis=0, dtype=np.float64) / math.sqrt(X.shape[0]) if alpha else None
-    qm = QuadraticModel(X, w0, 0.0 if lam2 is None else lam2, alpha, g)
-    if lam2 is None:
-        qm.lam2 = lam2_rel * qm.fro2 / max(qm.p, 1)
-    return qm
-
-
-def _mean_loss(model: nn.Module, calib: Calib, loss_fn: Callable | None, batch: int = 512) -> float:
-    """Mean loss over the calibration examples (eval mode; the mode is restored)."""
-    x, y = calib
-    was = model.training
-    model.eval()
-    total = 0.0
-    try:
-        with torch.no_grad():
-            for s in range(0, x.shape[0], batch):
-                out = model(x[s:s + batch])
-                if loss_fn is None:
-                    total += float(F.cross_entropy(out, y[s:s + batch], reduction="sum"))
-                else:
-                    total += sum(float(loss_fn(out[k:k + 1], y[s + k:s + k + 1]))
-                                 for k in range(out.shape[0]))
-    finally:
-        model.train(was)
-    return total / x.shape[0]
 
 
 def _layerwise_mask(w: np.ndarray, sizes: np.ndarray, flops: np.ndarray, max_nnz: int | None,
@@ -227,15 +201,28 @@ def _repair(projector: Projector, imp: np.ndarray, mask: np.ndarray) -> np.ndarr
     return mask
 
 
+def _stage_config(lam2: float | None, lam2_rel: tuple[float, ...], alpha: float, metric: str,
+                  layer_scales: str, update_steps: tuple[float, ...], support_iters: int, step: str,
+                  max_iter: int, tol: float, patience: int | None, refine_iters: int,
+                  block_size: int, backsolve_iters: int) -> StageConfig:
+    return StageConfig(lam2=lam2, lam2_rel=lam2_rel, alpha=alpha, metric=metric, layer_scales=layer_scales,
+                       update_steps=update_steps, support_iters=support_iters, step=step,
+                       max_iter=max_iter, tol=tol, patience=patience, refine_iters=refine_iters,
+                       block_size=block_size, backsolve_iters=backsolve_iters)
+
+
 # ----------------------------------------------------------------------------- main entry
 def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0.3,
                 nnz_fraction: float | None = None, method: str = "falcon", solver: str = "fast", *,
-                n_grads: int = 1000, lam2: float | None = None, lam2_rel: float = 1e-2,
-                alpha: float = 0.0, stages: int = 10, schedule_start: float = 0.7,
+                n_grads: int = 1000, val_fraction: float = 0.2, lam2: float | None = None,
+                lam2_rel: float | Sequence[float] = (1e-3, 1e-2, 1e-1),
+                alpha: float = 0.0, fisher: str = "empirical", grads_per_row: int = 1,
+                layer_scales: str = "search", update_steps: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+                support_iters: int = 0, safeguard: bool = True, criterion: str = "calibrated-loss", bn_recalibrate: bool | None = None,
+                stages: int = 10, schedule: str | None = None, schedule_start: float = 0.7,
                 schedule_power: float = 3.0, resample: bool = True, max_iter: int = 100, tol: float = 1e-4,
-                patience: int | None = 5, step: str = "lipschitz", metric: str = "euclidean",
-                refine_iters: int = 0,
-                block_size: int = 2000, backsolve_iters: int = 10,
+                patience: int | None = 3, step: str = "linesearch", metric: str = "euclidean",
+                refine_iters: int = 0, block_size: int = 2000, backsolve_iters: int = 10,
                 include: Any = None, loss_fn: Callable | None = None, seed: int = 0,
                 chunk_size: int | None = None, compute_objective: bool = True,
                 keep_masks: bool = False, solver_options: dict[str, Any] | None = None,
@@ -244,19 +231,30 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
 
     Parameters
     ----------
-    calib : (inputs, targets) calibration examples (training data); ``n_grads`` of them are
-        drawn at random (``seed``) for the per-sample gradients and the reported losses.
+    calib : (inputs, targets): a pool of training examples. ``val_fraction`` of it (at least
+        256 when the pool holds 512 or more; 0 turns the referee off) is the validation part;
+        ``n_grads`` of the rest, drawn at random (``seed``), give the per-sample gradients.
     flops_fraction, nnz_fraction : kept fractions in [0, 1] of the dense FLOPs / weights
         (None = no such budget; at least one must be given).
     method : one of :data:`METHODS` (module docstring). solver : the registered ILP solver used
         for every projection / selection (``fast``, ``exact``, ``highs-compact``, ...).
-    lam2 : ridge of Q; default ``lam2_rel * mean(diag Fisher)``. alpha : first-order weight.
-    stages, schedule_start, schedule_power : FALCON++ schedule (:mod:`.schedules`).
-    resample : FALCON++ draws a fresh calibration subset at every stage (when ``calib`` holds
-        more than ``n_grads`` examples), so that the backsolves do not all fit the same ones.
+    lam2 : a fixed ridge of Q; else ``lam2_rel`` (a number or a grid) x mean(diag Fisher), the
+        grid's best chosen by the referee. alpha : first-order weight.
+    fisher : ``"empirical"`` or ``"sampled"``; grads_per_row : examples summed per row of X.
+    layer_scales : ``"search"`` (per-layer factors of the projection's importances chosen by
+        the referee) or ``"none"`` (the paper's Euclidean projection).
+    update_steps : fractions t of the backsolve update judged by the referee (1 = full update).
+    support_iters : rounds of support swaps judged at each candidate's minimiser (0 = off).
+    safeguard : replace a FALCON result that validates worse than FLOP-aware magnitude.
+    criterion : how the referee ranks candidates: ``"calibrated-loss"`` (validation cross
+        entropy at the best temperature, :func:`.referee.calibrated_loss`), ``"loss"``,
+        ``"accuracy"``.
+    bn_recalibrate : re-estimate BatchNorm statistics (None = when the model has BatchNorm).
+    stages, schedule, schedule_start, schedule_power : FALCON++ schedule (:mod:`.schedules`);
+        ``schedule="paper"`` = 20 stages, cubic, from 70% kept.
+    resample : FALCON++ draws a fresh gradient subset at every stage.
     max_iter, tol, patience, step, refine_iters : DFO options (:func:`falcon_milp.torch.dfo.dfo`).
-    metric : ``"euclidean"`` (the paper's projection, I = u^2) or ``"fisher-diagonal"`` (DFO in
-        the norm of D = diag(H): I = D u^2, the OBD saliency at the start).
+    metric : ``"euclidean"`` (I = s_l u^2) or ``"fisher-diagonal"`` (I = s_l diag(H) u^2).
     block_size, backsolve_iters : backsolve options (:func:`.backsolve.backsolve`).
     include : which modules are prunable (:func:`falcon_milp.torch.flops.prunable_layers`).
     loss_fn : per-example loss ``(output, target) -> scalar`` (default cross entropy).
@@ -268,36 +266,52 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
     t_start = time.perf_counter()
     if not isinstance(model, nn.Module):
         raise OptionError(f"`model` must be a torch.nn.Module; got {type(model).__name__}")
-    if metric not in ("euclidean", "fisher-diagonal"):
-        raise OptionError(f"`metric` must be 'euclidean' or 'fisher-diagonal'; got {metric!r}")
-    if method not in METHODS:
-        raise OptionError(f"`method` must be one of {', '.join(METHODS)}; got {method!r}")
-    flops_fraction = _fraction(flops_fraction, "flops_fraction")
-    nnz_fraction = _fraction(nnz_fraction, "nnz_fraction")
+    choice(metric, "metric", ("euclidean", "fisher-diagonal"))
+    choice(method, "method", METHODS)
+    choice(fisher, "fisher", FISHERS)
+    choice(layer_scales, "layer_scales", ("search", "none"))
+    choice(step, "step", STEP_RULES)
+    choice(schedule, "schedule", (None, "polynomial", "paper"))
+    choice(criterion, "criterion", CRITERIA)
+    if fisher == "sampled" and loss_fn is not None:
+        raise OptionError("`fisher='sampled'` draws class labels: it needs the default cross-entropy loss")
+    flops_fraction = fraction(flops_fraction, "flops_fraction")
+    nnz_fraction = fraction(nnz_fraction, "nnz_fraction")
     if flops_fraction is None and nnz_fraction is None:
         raise OptionError("give `flops_fraction` or `nnz_fraction` (both are None)")
     from ..solvers import get_solver
     get_solver(solver)
-    n_grads = _int_option(n_grads, "n_grads", 1)
-    stages = _int_option(stages, "stages", 1)
-    max_iter = _int_option(max_iter, "max_iter", 1)
-    refine_iters = _int_option(refine_iters, "refine_iters", 0)
-    block_size = _int_option(block_size, "block_size", 1)
-    backsolve_iters = _int_option(backsolve_iters, "backsolve_iters", 0)
+    n_grads = int_option(n_grads, "n_grads", 1)
+    grads_per_row = int_option(grads_per_row, "grads_per_row", 1)
+    stages = int_option(stages, "stages", 1)
+    max_iter = int_option(max_iter, "max_iter", 1)
+    refine_iters = int_option(refine_iters, "refine_iters", 0)
+    support_iters = int_option(support_iters, "support_iters", 0)
+    block_size = int_option(block_size, "block_size", 1)
+    backsolve_iters = int_option(backsolve_iters, "backsolve_iters", 0)
     if lam2 is not None:
-        lam2 = _real_option(lam2, "lam2")
-    lam2_rel = _real_option(lam2_rel, "lam2_rel")
-    alpha = _real_option(alpha, "alpha", -math.inf)
-    tol = _real_option(tol, "tol")
-    _fraction(schedule_start, "schedule_start")
-    pool = _check_calib(calib)
-    calib = _subsample(pool, n_grads, seed)
+        lam2 = real_option(lam2, "lam2")
+    lam2_grid = grid(lam2_rel, "lam2_rel")
+    steps_grid = grid(update_steps, "update_steps", 0.0, 1.0)
+    val_fraction = float(fraction(val_fraction, "val_fraction") or 0.0)
+    alpha = real_option(alpha, "alpha", -math.inf)
+    tol = real_option(tol, "tol")
+    fraction(schedule_start, "schedule_start")
+    if schedule == "paper":
+        stages, schedule_start, schedule_power = 20, 0.7, 3.0
+    pool = check_calib(calib)
+    train_part, val = split_calibration(pool, val_fraction, seed) if method in _STAGED or safeguard \
+        else (pool, None)
+    grads_needed = n_grads * grads_per_row
+    calib = _subsample(train_part, grads_needed, seed)
 
     layers = prunable_layers(model, calib[0][:1], include)
     sizes = group_sizes(layers)
     fpw = flops_vector(layers)
     p, dense_f = dense_nnz(layers), dense_flops(layers)
     names = [l.name for l in layers]
+    bn_on = has_batchnorm(model) if bn_recalibrate is None else bool(bn_recalibrate)
+    bn_inputs = calib[0] if bn_on and calib[0].shape[0] >= 2 else None
 
     def budgets(nnz_frac: float | None, flops_frac: float | None) -> tuple[int | None, float | None]:
         s = None if nnz_frac is None else int(math.floor(nnz_frac * p + 1e-9))
@@ -310,79 +324,94 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
     else:
         max_nnz, max_flops = budgets(nnz_fraction, flops_fraction)
 
-    times = {k: 0.0 for k in ("gradients", "lipschitz", "dfo_steps", "projections", "refine",
-                              "backsolve", "selection", "objective")}
+    times = {k: 0.0 for k in ("gradients", "scale_search", "lipschitz", "dfo_steps", "projections",
+                              "refine", "support_swaps", "backsolve", "referee", "selection",
+                              "batchnorm", "objective")}
     opts = dict(solver_options or {})
     w0 = flat_weights(layers, torch.float64).numpy().copy()
-    loss_before = _mean_loss(model, calib, loss_fn)
+    loss_before = mean_loss(model, calib, loss_fn).loss
+    val_before = mean_loss(model, val, loss_fn).loss if val is not None else None
+    referee = (Referee(model, layers, val, loss_fn, None if bn_inputs is None else bn_inputs[:512],
+                       criterion=criterion) if val is not None else None)
     report_stages: list[dict[str, Any]] = []
     dfo_iters = n_proj = bs_iters = 0
-    L_used: float | None = None
+    chosen: str | None = None
+    lam_used: float | None = None
+    log2_scales: list[float] = []
+
+    def grads_at(data: Calib, stage: int) -> np.ndarray:
+        t = time.perf_counter()
+        X = _gradients(model, layers, data, loss_fn, chunk_size, fisher, grads_per_row, seed + stage)
+        times["gradients"] += time.perf_counter() - t
+        return X
+
+    def mean_grad(X: np.ndarray, data: Calib) -> np.ndarray | None:
+        if not alpha:
+            return None
+        if fisher == "empirical":
+            return X.sum(axis=0, dtype=np.float64) / math.sqrt(X.shape[0])
+        from .gradients import summed_grad
+        return (summed_grad(model, data[0], data[1], layers) / data[0].shape[0]).numpy()
 
     # quadratic model at the original weights (for every method that needs or reports Q)
     q0: QuadraticModel | None = None
+    X0: np.ndarray | None = None
     if method in _NEEDS_GRADS or compute_objective:
-        t = time.perf_counter()
-        X = _gradients(model, layers, calib, loss_fn, chunk_size)
-        times["gradients"] += time.perf_counter() - t
-        q0 = _quadratic(X, w0, lam2, lam2_rel, alpha)
-    lam_used = None if q0 is None else q0.lam2
+        X0 = grads_at(calib, 0)
+        q0 = QuadraticModel(X0, w0, 0.0)
+        q0.lam2 = (lam2 if lam2 is not None else lam2_grid[len(lam2_grid) // 2] * q0.fro2 / max(p, 1))
 
     def make_projector(s: int | None, f: float | None) -> Projector:
         return Projector(sizes, fpw, s, f, solver=solver, names=names, solver_options=opts)
 
     proj = make_projector(max_nnz, max_flops)
+    cfg = _stage_config(lam2, lam2_grid, alpha, metric, layer_scales, steps_grid, support_iters, step,
+                        max_iter, tol, patience, refine_iters, block_size, backsolve_iters)
 
     def cb(phase: str) -> Callable[[int, float], None] | None:
         if callback is None:
             return None
         return lambda it, q: callback(phase, it, q)
 
-    def run_falcon(qm: QuadraticModel, projector: Projector,
-                   phase: str) -> tuple[np.ndarray, np.ndarray, DFOResult]:
-        nonlocal dfo_iters, n_proj, bs_iters, L_used
-        D = qm.diag_hessian() if metric == "fisher-diagonal" else None
-        if D is not None and not np.all(D > 0):
-            D = np.maximum(D, max(float(D.max()), 1.0) * 1e-12)
-        res = dfo(qm, projector, max_iter=max_iter, tol=tol, patience=patience, step=step,
-                  metric=D, refine_iters=refine_iters, callback=cb(phase))
-        for k_src, k_dst in (("lipschitz", "lipschitz"), ("gradient_steps", "dfo_steps"),
-                             ("projections", "projections"), ("refine", "refine")):
-            times[k_dst] += res.times[k_src]
-        t = time.perf_counter()
-        bs = backsolve(qm, res.mask, w_start=res.w, group_sizes=sizes, block_size=block_size,
-                       max_iter=backsolve_iters)
-        times["backsolve"] += time.perf_counter() - t
-        dfo_iters += res.n_iter
-        n_proj += res.n_iter + res.n_backtracks
-        bs_iters += bs.n_iter
-        L_used = res.lipschitz
-        return bs.w, res.mask, res
+    def stage(X: np.ndarray, w_cur: np.ndarray, projector: Projector, data: Calib, k: int,
+              phase: str) -> StageResult:
+        nonlocal dfo_iters, n_proj, bs_iters
+        if referee is not None:
+            referee.reset()
+        res = run_stage(X, w_cur, projector, sizes, cfg, referee, times, g=mean_grad(X, data),
+                        callback=cb(phase))
+        dfo_iters += res.dfo_iterations
+        n_proj += res.n_projections
+        bs_iters += res.backsolve_iterations
+        return res
 
     if method in ("falcon", "nnz-only"):
-        assert q0 is not None
-        w, mask, _ = run_falcon(q0, proj, method)
+        assert X0 is not None
+        res = stage(X0, w0, proj, calib, 0, method)
+        w, mask, chosen, lam_used, log2_scales = res.w, res.mask, res.choice, res.lam2, res.log2_scales
+        report_stages.append(_stage_entry(1, nnz_fraction, flops_fraction, res, time.perf_counter() - t_start))
     elif method == "falcon++":
-        assert q0 is not None
+        assert X0 is not None
         plan = stage_budgets(flops_fraction, nnz_fraction, stages, schedule_start, schedule_power)
         w = w0
         mask = np.ones(p, dtype=bool)
         for k, (nf, ff) in enumerate(plan):
+            t_stage = time.perf_counter()
             if k == 0:
-                qk = q0
+                Xk, data_k = X0, calib
             else:
-                _write(layers, w, mask, keep_masks)
-                t = time.perf_counter()
-                calib_k = _subsample(pool, n_grads, seed, k) if resample else calib
-                Xk = _gradients(model, layers, calib_k, loss_fn, chunk_size)
-                times["gradients"] += time.perf_counter() - t
-                qk = _quadratic(Xk, w, lam2, lam2_rel, alpha)
+                write_weights(layers, w, mask, keep_masks)
+                if bn_inputs is not None:
+                    recalibrate_batchnorm(model, bn_inputs)
+                data_k = _subsample(train_part, grads_needed, seed, k) if resample else calib
+                Xk = grads_at(data_k, k)
             s_k, f_k = budgets(nf, ff)
-            w, mask, res = run_falcon(qk, make_projector(s_k, f_k), f"stage {k + 1}/{stages}")
-            report_stages.append({"stage": k + 1, "nnz_fraction": nf, "flops_fraction": ff,
-                                  "dfo_iterations": res.n_iter, "objective_dfo": res.objective,
-                                  "objective_stage": qk.value(w)})
-            del qk
+            res = stage(Xk, w, make_projector(s_k, f_k), data_k, k, f"stage {k + 1}/{stages}")
+            w, mask = res.w, res.mask
+            chosen, lam_used, log2_scales = res.choice, res.lam2, res.log2_scales
+            report_stages.append(_stage_entry(k + 1, nf, ff, res, time.perf_counter() - t_stage))
+            if k > 0:
+                del Xk
     else:
         t = time.perf_counter()
         if method == "layerwise-magnitude":
@@ -403,26 +432,45 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
             n_proj += 1
         times["selection"] += time.perf_counter() - t
         if method == "obs":
+            assert q0 is not None
             t = time.perf_counter()
             bs = backsolve(q0, mask, group_sizes=sizes, block_size=block_size, max_iter=backsolve_iters)
             times["backsolve"] += time.perf_counter() - t
             w, bs_iters = bs.w, bs.n_iter
+            lam_used = q0.lam2
         else:
             w = np.where(mask, w0, 0.0)
 
-    _write(layers, w, mask, keep_masks)
+    # the safeguard: FLOP-aware magnitude judged on the same validation part
+    fallback = None
+    val_mag = None
+    stage_log = list(referee.log) if referee is not None else []
+    if referee is not None and method in _STAGED:
+        referee.reset()
+        mag_mask = proj(w0 * w0)
+        v_mag = referee(np.where(mag_mask, w0, 0.0), mag_mask, "magnitude")
+        v_res = referee(w, mask, "result")
+        val_mag = v_mag.loss
+        if safeguard and v_mag.score < v_res.score:
+            w, mask, fallback = np.where(mag_mask, w0, 0.0), mag_mask, "magnitude"
+
+    t = time.perf_counter()
+    write_weights(layers, w, mask, keep_masks)
+    bn_count = recalibrate_batchnorm(model, bn_inputs) if bn_inputs is not None else 0
+    times["batchnorm"] += time.perf_counter() - t
 
     obj_before = obj_after = None
     if q0 is not None:
         t = time.perf_counter()
         imp0 = w0 * w0
-        if metric == "fisher-diagonal" and method in ("falcon", "falcon++", "nnz-only"):
-            imp0 = q0.diag_hessian() * imp0          # where the D-metric DFO starts
+        if metric == "fisher-diagonal" and method in _STAGED:
+            imp0 = q0.diag_hessian() * imp0
         start_mask = proj(imp0) if method != "magnitude" else mask
         obj_before = q0.value(np.where(start_mask, w0, 0.0))
         obj_after = q0.value(flat_weights(layers, torch.float64).numpy())
         times["objective"] += time.perf_counter() - t
-    loss_after = _mean_loss(model, calib, loss_fn)
+    loss_after = mean_loss(model, calib, loss_fn).loss
+    val_after = mean_loss(model, val, loss_fn) if val is not None else None
     usage = layer_usage(layers)
     within = ((max_nnz is None or usage.nnz <= max_nnz)
               and (max_flops is None or usage.flops <= max_flops))
@@ -433,88 +481,20 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
         dense_nnz=p, dense_flops=dense_f, kept_nnz_fraction=usage.nnz / p,
         kept_flops_fraction=usage.flops / dense_f if dense_f else float("nan"),
         within_budgets=bool(within), objective_before=obj_before, objective_after=obj_after,
-        loss_before=loss_before, loss_after=loss_after, n_grads=int(calib[0].shape[0]),
-        lam2=lam_used, lipschitz=L_used, dfo_iterations=dfo_iters, n_projections=n_proj,
-        backsolve_iterations=bs_iters, times=times, stages=report_stages,
+        loss_before=loss_before, loss_after=loss_after, val_loss_before=val_before,
+        val_loss_after=None if val_after is None else val_after.loss,
+        val_accuracy_after=None if val_after is None else val_after.accuracy,
+        val_loss_magnitude=val_mag, n_val=0 if val is None else int(val[0].shape[0]),
+        fallback=fallback, bn_recalibrated=bn_count, n_grads=int(calib[0].shape[0]),
+        lam2=lam_used, lipschitz=None, dfo_iterations=dfo_iters, n_projections=n_proj,
+        backsolve_iterations=bs_iters, choice=chosen, log2_layer_scales=log2_scales, times=times,
+        stages=report_stages, referee=[] if referee is None else stage_log + list(referee.log),
         per_layer=dict(usage.per_layer))
 
 
-def _write(layers: Sequence[PrunableLayer], w: np.ndarray, mask: np.ndarray, keep_masks: bool) -> None:
-    """Write the flat weights into the model (zeros off the mask); update/register masks."""
-    w = np.where(mask, w, 0.0)
-    set_flat_weights(layers, torch.from_numpy(w))
-    if keep_masks or any(is_masked(l.module, l.param_name) for l in layers):
-        apply_mask(layers, np.asarray(mask, dtype=bool))
-
-
-# ----------------------------------------------------------------------------- gradual pruning
-@dataclass
-class GradualReport:
-    """Reports of every pruning step (epoch -> report) and the mean training loss per epoch."""
-
-    prune_epochs: list[int]
-    reports: dict[int, PruneReport]
-    train_loss: list[float]
-
-
-def _sgd_epoch(model: nn.Module, data: Calib, lr: float, momentum: float, batch_size: int,
-               seed: int, loss_fn: Callable | None) -> float:
-    x, y = data
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(x.shape[0], generator=gen)
-    opt = torch.optim.SGD([q for q in model.parameters() if q.requires_grad], lr=lr, momentum=momentum)
-    model.train()
-    total = 0.0
-    for s in range(0, x.shape[0], batch_size):
-        idx = order[s:s + batch_size]
-        out = model(x[idx])
-        loss = F.cross_entropy(out, y[idx]) if loss_fn is None else \
-            torch.stack([loss_fn(out[k:k + 1], y[idx][k:k + 1]) for k in range(out.shape[0])]).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        total += float(loss.detach()) * idx.numel()
-    model.eval()
-    return total / x.shape[0]
-
-
-def gradual_prune(model: nn.Module, calib: Calib, train_data: Calib, flops_fraction: float | None = 0.3,
-                  nnz_fraction: float | None = None, method: str = "falcon", *, n_epochs: int = 4,
-                  prune_epochs: Sequence[int] | None = None, n_prunes: int = 3, lr: float = 0.01,
-                  momentum: float = 0.9, batch_size: int = 128, seed: int = 0,
-                  schedule_start: float = 0.7, schedule_power: float = 3.0,
-                  train_epoch: Callable[[nn.Module, int], float] | None = None,
-                  **prune_options: Any) -> GradualReport:
-    """Gradual pruning: prune at the start of each of ``prune_epochs``, fine-tune in between.
-
-    The budgets of the successive pruning steps follow the polynomial schedule from
-    ``schedule_start`` to the targets (:func:`.schedules.stage_budgets`). After every pruning
-    step the mask is held by a parametrization (weights = original * mask), so the pruned
-    weights stay exactly zero through every optimiser step; at the end the masks are folded
-    into plain weights. Fine-tuning is SGD on ``train_data`` unless ``train_epoch(model, epoch)
-    -> mean loss`` is given. ``prune_options`` go to :func:`prune_model`.
-    """
-    n_epochs = _int_option(n_epochs, "n_epochs", 1)
-    if prune_epochs is None:
-        prune_epochs = gradual_epochs(n_epochs, n_prunes)
-    epochs = sorted(int(e) for e in prune_epochs)
-    if not epochs or len(set(epochs)) != len(epochs) or epochs[0] < 0 or epochs[-1] >= n_epochs:
-        raise OptionError(f"`prune_epochs` must be distinct epochs in [0, {n_epochs - 1}]; "
-                          f"got {list(prune_epochs)}")
-    train_data = _check_calib(train_data)
-    plan = stage_budgets(_fraction(flops_fraction, "flops_fraction"), _fraction(nnz_fraction, "nnz_fraction"),
-                         len(epochs), schedule_start, schedule_power)
-    reports: dict[int, PruneReport] = {}
-    losses: list[float] = []
-    for epoch in range(n_epochs):
-        if epoch in epochs:
-            nf, ff = plan[epochs.index(epoch)]
-            reports[epoch] = prune_model(model, calib, ff, nf, method, keep_masks=True,
-                                         seed=seed + epoch, **prune_options)
-        if train_epoch is not None:
-            losses.append(float(train_epoch(model, epoch)))
-        else:
-            losses.append(_sgd_epoch(model, train_data, lr, momentum, batch_size, seed + epoch,
-                                     prune_options.get("loss_fn")))
-    remove_masks(model)
-    return GradualReport(epochs, reports, losses)
+def _stage_entry(k: int, nf: float | None, ff: float | None, res: StageResult, seconds: float) -> dict[str, Any]:
+    best = min((c["val_loss"] for c in res.candidates), default=None)
+    return {"stage": k, "nnz_fraction": nf, "flops_fraction": ff, "dfo_iterations": res.dfo_iterations,
+            "objective_dfo": res.objective_dfo, "choice": res.choice, "lam2": res.lam2,
+            "swapped": res.swapped, "log2_layer_scales": res.log2_scales, "val_loss": best,
+            "n_candidates": len(res.candidates), "seconds": seconds}

@@ -55,7 +55,10 @@ def _calibration(spec: str | None, arch: str, n: int, seed: int) -> Any:
         raise OptionError(f"`--n-grads` must be >= 1; got {n}")
     if spec is None and ARCHITECTURES[arch].dataset != "mnist":
         raise OptionError(f"arch '{arch}' needs calibration data: pass --data DIR or --data random")
-    return _load_data(spec, arch, n, seed)
+    # the whole training set is the pool: prune_model sets a validation part aside (the referee)
+    # and draws the n gradient examples from the rest; random data: n plus a validation part
+    pool = n + max(256, n // 4) if spec == "random" else 10**12
+    return _load_data(spec, arch, pool, seed)
 
 
 def _accuracy(model: Any, data: Any) -> float:
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and not 0.0 <= value <= 1.0:
             raise OptionError(f"`{name}` must be in [0, 1]; got {value!r}")
-    if not args.checkpoint and not args.random_init and args.arch not in ("mnist_mlp", "mnist_cnn"):
+    if not args.checkpoint and not args.random_init and args.arch not in ("mnist_mlp", "mnist_cnn", "mnist_bn_cnn"):
         raise OptionError(f"`--checkpoint` is required for arch '{args.arch}' (no bundled weights); "
                           "or pass --random-init")
     from .architectures import build_model, load_checkpoint, pretrained_path   # imports torch
@@ -136,6 +139,13 @@ def run(args: argparse.Namespace) -> int:
     if report.objective_before is not None:
         print(f"  Q: {report.objective_before:.4g} (magnitude start) -> {report.objective_after:.4g}; "
               f"calibration loss {report.loss_before:.4f} -> {report.loss_after:.4f}")
+    if report.val_loss_after is not None:
+        mag = "" if report.val_loss_magnitude is None else f" (FLOP-aware magnitude {report.val_loss_magnitude:.4f})"
+        print(f"  validation ({report.n_val} held-out training examples): loss {report.val_loss_after:.4f}"
+              f"{mag}; choice: {report.choice or '-'}"
+              + (f"; safeguard fell back to {report.fallback}" if report.fallback else ""))
+    if report.bn_recalibrated:
+        print(f"  BatchNorm statistics re-estimated in {report.bn_recalibrated} layers")
     if acc_before is not None:
         print(f"  test accuracy {acc_before:.4f} -> {acc_after:.4f}")
     phases = ", ".join(f"{k} {v:.2f}s" for k, v in report.times.items() if v >= 0.005)
