@@ -21,6 +21,11 @@ import sys
 import time
 
 
+PROCEDURES = {"paper": {"val_fraction": 0.0, "layer_scales": "none", "step": "lipschitz", "lam2_rel": 1e-2,
+                        "update_steps": 1.0, "safeguard": False, "patience": 5},
+              "default": {}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-grads", type=int, default=1000)
@@ -28,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nnz-fraction", type=float, default=None)
     parser.add_argument("--solver", default="fast")
     parser.add_argument("--method", default="falcon")
+    parser.add_argument("--procedure", choices=("paper", "default"), default="paper",
+                        help="paper: one ridge, step 1/L, Euclidean projection, full backsolve, no "
+                             "validation referee (the timed figure in the README); default: prune_model's "
+                             "defaults (referee, layer-scale search, ridge grid)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="FILE", help="also write the record as JSON")
@@ -46,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     y = torch.randint(0, 10, (args.n_grads,), generator=gen)
     t0 = time.perf_counter()
     rep = prune_model(model, (x, y), args.flops_fraction, args.nnz_fraction, args.method, args.solver,
-                      n_grads=args.n_grads, seed=args.seed)
+                      n_grads=args.n_grads, seed=args.seed, **PROCEDURES[args.procedure])
     wall = time.perf_counter() - t0
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     record = {

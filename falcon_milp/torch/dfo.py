@@ -105,6 +105,18 @@ class DFOResult:
 STEP_RULES = ("linesearch", "lipschitz", "adaptive")
 
 
+def _refine(model: QuadraticModel, w: np.ndarray, mask: np.ndarray, q: float, grad: np.ndarray,
+            iters: int, times: dict[str, float]) -> tuple[np.ndarray, float, np.ndarray, int]:
+    """A few CG steps on the support; kept only if Q does not increase. Returns (w, Q, grad, steps)."""
+    t = time.perf_counter()
+    w_ref, k, _ = conjugate_gradient(model, w, mask, max_iter=iters, grad=grad)
+    q_ref, g_ref = model.value_and_grad(w_ref)
+    times["refine"] += time.perf_counter() - t
+    if q_ref <= q:
+        return w_ref, q_ref, g_ref, k
+    return w, q, grad, 0
+
+
 def _dfo_linesearch(model: QuadraticModel, project: Callable[[np.ndarray], np.ndarray],
                     w_init: np.ndarray | None, max_iter: int, tol: float, patience: int | None,
                     metric: np.ndarray | None, refine_iters: int,
@@ -146,13 +158,8 @@ def _dfo_linesearch(model: QuadraticModel, project: Callable[[np.ndarray], np.nd
         n_safe += k_safe
         same = np.array_equal(m_new, mask)
         if same and refine_iters > 0:
-            t = time.perf_counter()
-            w_ref, k_cg, _ = conjugate_gradient(model, w_new, m_new, max_iter=refine_iters, grad=g_new)
-            q_ref, g_ref = model.value_and_grad(w_ref)
-            if q_ref <= q_new:
-                w_new, q_new, g_new = w_ref, q_ref, g_ref
-                n_refine += k_cg
-            times["refine"] += time.perf_counter() - t
+            w_new, q_new, g_new, k_cg = _refine(model, w_new, m_new, q_new, g_new, refine_iters, times)
+            n_refine += k_cg
         decrease = q - q_new
         w, q, grad, mask = w_new, q_new, g_new, m_new
         stable = stable + 1 if same else 0
@@ -368,14 +375,8 @@ def dfo(model: QuadraticModel, project: Callable[[np.ndarray], np.ndarray], *,
             break   # no descent even with a tiny step: stationary for this projection
         same = mask is not None and np.array_equal(new_mask, mask)
         if same and refine_iters > 0:
-            t = time.perf_counter()
-            w_ref, k, _ = conjugate_gradient(model, w_new, new_mask, max_iter=refine_iters,
-                                             grad=grad_new)
-            q_ref, g_ref = model.value_and_grad(w_ref)
-            if q_ref <= q_new:
-                w_new, q_new, grad_new = w_ref, q_ref, g_ref
-                n_refine += k
-            times["refine"] += time.perf_counter() - t
+            w_new, q_new, grad_new, k = _refine(model, w_new, new_mask, q_new, grad_new, refine_iters, times)
+            n_refine += k
         decrease = q - q_new
         w, q, grad, mask_prev, mask = w_new, q_new, grad_new, mask, new_mask
         stable = stable + 1 if same else 0

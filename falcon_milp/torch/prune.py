@@ -214,7 +214,7 @@ def _stage_config(lam2: float | None, lam2_rel: tuple[float, ...], alpha: float,
 # ----------------------------------------------------------------------------- main entry
 def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0.3,
                 nnz_fraction: float | None = None, method: str = "falcon", solver: str = "fast", *,
-                n_grads: int = 1000, val_fraction: float = 0.2, lam2: float | None = None,
+                n_grads: int = 1000, val_fraction: float = 0.1, lam2: float | None = None,
                 lam2_rel: float | Sequence[float] = (1e-3, 1e-2, 1e-1),
                 alpha: float = 0.0, fisher: str = "empirical", grads_per_row: int = 1,
                 layer_scales: str = "search", update_steps: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
@@ -311,7 +311,7 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
     p, dense_f = dense_nnz(layers), dense_flops(layers)
     names = [l.name for l in layers]
     bn_on = has_batchnorm(model) if bn_recalibrate is None else bool(bn_recalibrate)
-    bn_inputs = calib[0] if bn_on and calib[0].shape[0] >= 2 else None
+    bn_inputs = calib[0][:1024] if bn_on and calib[0].shape[0] >= 2 else None
 
     def budgets(nnz_frac: float | None, flops_frac: float | None) -> tuple[int | None, float | None]:
         s = None if nnz_frac is None else int(math.floor(nnz_frac * p + 1e-9))
@@ -331,7 +331,7 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
     w0 = flat_weights(layers, torch.float64).numpy().copy()
     loss_before = mean_loss(model, calib, loss_fn).loss
     val_before = mean_loss(model, val, loss_fn).loss if val is not None else None
-    referee = (Referee(model, layers, val, loss_fn, None if bn_inputs is None else bn_inputs[:512],
+    referee = (Referee(model, layers, val, loss_fn, None if bn_inputs is None else bn_inputs[:256],
                        criterion=criterion) if val is not None else None)
     report_stages: list[dict[str, Any]] = []
     dfo_iters = n_proj = bs_iters = 0
@@ -374,12 +374,12 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
         return lambda it, q: callback(phase, it, q)
 
     def stage(X: np.ndarray, w_cur: np.ndarray, projector: Projector, data: Calib, k: int,
-              phase: str) -> StageResult:
+              phase: str, scales_start: Sequence[float] | None = None) -> StageResult:
         nonlocal dfo_iters, n_proj, bs_iters
         if referee is not None:
             referee.reset()
         res = run_stage(X, w_cur, projector, sizes, cfg, referee, times, g=mean_grad(X, data),
-                        callback=cb(phase))
+                        log2_scales_start=scales_start, callback=cb(phase))
         dfo_iters += res.dfo_iterations
         n_proj += res.n_projections
         bs_iters += res.backsolve_iterations
@@ -406,7 +406,8 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
                 data_k = _subsample(train_part, grads_needed, seed, k) if resample else calib
                 Xk = grads_at(data_k, k)
             s_k, f_k = budgets(nf, ff)
-            res = stage(Xk, w, make_projector(s_k, f_k), data_k, k, f"stage {k + 1}/{stages}")
+            res = stage(Xk, w, make_projector(s_k, f_k), data_k, k, f"stage {k + 1}/{stages}",
+                        log2_scales if k > 0 else None)
             w, mask = res.w, res.mask
             chosen, lam_used, log2_scales = res.choice, res.lam2, res.log2_scales
             report_stages.append(_stage_entry(k + 1, nf, ff, res, time.perf_counter() - t_stage))

@@ -46,6 +46,7 @@ class StageConfig:
     layer_scales: str = "search"
     scale_evals: int = 100
     scale_steps: tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)
+    warm_scale_steps: tuple[float, ...] = (1.0, 0.5)
     update_steps: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     support_iters: int = 0
     support_log2_taus: tuple[float, ...] = tuple(range(-6, 5, 2))
@@ -98,9 +99,12 @@ def _scale_starts(base: np.ndarray, sizes: np.ndarray, flops: Sequence[float]) -
 
 def run_stage(X: Any, w_cur: np.ndarray, projector: Projector, group_sizes: Sequence[int],
               cfg: StageConfig, referee: Referee | None, times: dict[str, float], *,
-              g: np.ndarray | None = None,
+              g: np.ndarray | None = None, log2_scales_start: Sequence[float] | None = None,
               callback: Callable[[int, float], None] | None = None) -> StageResult:
-    """Run one stage (module docstring); ``times`` gets the seconds of each phase added."""
+    """Run one stage (module docstring); ``times`` gets the seconds of each phase added.
+
+    ``log2_scales_start``: the previous stage's layer scales (FALCON++); the search then also
+    starts there, with the steps from ``cfg.warm_scale_steps`` only (a local refinement)."""
     sizes = np.asarray(group_sizes, dtype=np.int64)
     gid = np.repeat(np.arange(sizes.size), sizes)
     ridges = _ridges(X, cfg)
@@ -117,9 +121,12 @@ def run_stage(X: Any, w_cur: np.ndarray, projector: Projector, group_sizes: Sequ
     if referee is not None and cfg.layer_scales == "search":
         t = time.perf_counter()
         base = w_cur * w_cur if base_metric is None else base_metric * w_cur * w_cur
+        if log2_scales_start is None:
+            starts, steps = _scale_starts(base, sizes, projector.flops_per_weight), cfg.scale_steps
+        else:
+            starts, steps = [np.asarray(log2_scales_start, dtype=np.float64)], cfg.warm_scale_steps
         found = search_layer_scales(lambda m: referee(w_cur, m, "").score, projector, base, sizes,
-                                    max_evals=cfg.scale_evals, steps=cfg.scale_steps,
-                                    starts=_scale_starts(base, sizes, projector.flops_per_weight))
+                                    max_evals=cfg.scale_evals, steps=steps, starts=starts)
         theta = found.log2_scales
         referee(w_cur, found.mask, "layer scales, t=0", log2_scales=[float(v) for v in theta])
         times["scale_search"] = times.get("scale_search", 0.0) + time.perf_counter() - t
