@@ -344,3 +344,21 @@ def test_new_option_errors():
         prune_model(model, calib, grads_per_row=0)
     with pytest.raises(OptionError, match=r"`criterion` must be one of 'calibrated-loss', 'loss', 'accuracy'; got 'f1'"):
         prune_model(model, calib, criterion="f1")
+
+
+def test_model_is_restored_when_pruning_fails_midway(monkeypatch):
+    import falcon_milp.torch.prune as prune_mod
+
+    model, calib = tiny(6, n=80)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    real = prune_mod.run_stage
+
+    def half(X, w_cur, projector, sizes, cfg, referee, times, **kw):
+        real(X, w_cur, projector, sizes, cfg, referee, times, **kw)    # writes candidates
+        raise RuntimeError("solver crashed")
+
+    monkeypatch.setattr(prune_mod, "run_stage", half)
+    with pytest.raises(RuntimeError, match="solver crashed"):
+        prune_model(model, calib, flops_fraction=0.3, method="falcon", n_grads=40)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -42,6 +42,7 @@ original weights; kept NNZ/FLOP fractions are measured on the pruned model (zero
 """
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -212,7 +213,27 @@ def _stage_config(lam2: float | None, lam2_rel: tuple[float, ...], alpha: float,
 
 
 # ----------------------------------------------------------------------------- main entry
-def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0.3,
+def prune_model(model: nn.Module, *args: Any, **kwargs: Any) -> PruneReport:
+    """Prune ``model`` in place and return a :class:`PruneReport` (:func:`_prune_model`).
+
+    If anything fails after pruning started, the model's parameters and buffers are put back
+    as they were (the caller's model is never left holding a half-pruned candidate).
+    """
+    snapshot = ({k: v.detach().clone() for k, v in model.state_dict().items()}
+                if isinstance(model, nn.Module) else None)
+    try:
+        return _prune_model(model, *args, **kwargs)
+    except BaseException:
+        if snapshot is not None:
+            with torch.no_grad():
+                state = model.state_dict()
+                for k, v in snapshot.items():
+                    if k in state and state[k].shape == v.shape:
+                        state[k].copy_(v)
+        raise
+
+
+def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0.3,
                 nnz_fraction: float | None = None, method: str = "falcon", solver: str = "fast", *,
                 n_grads: int = 1000, val_fraction: float = 0.1, lam2: float | None = None,
                 lam2_rel: float | Sequence[float] = (1e-3, 1e-2, 1e-1),
@@ -491,6 +512,13 @@ def prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 0
         backsolve_iterations=bs_iters, choice=chosen, log2_layer_scales=log2_scales, times=times,
         stages=report_stages, referee=[] if referee is None else stage_log + list(referee.log),
         per_layer=dict(usage.per_layer))
+
+
+prune_model.__signature__ = inspect.signature(_prune_model)       # type: ignore[attr-defined]
+prune_model.__doc__ = (_prune_model.__doc__ or "") + """
+    If anything fails after pruning started, the model's parameters and buffers are put back
+    as they were (the caller's model is never left holding a half-pruned candidate).
+    """
 
 
 def _stage_entry(k: int, nf: float | None, ff: float | None, res: StageResult, seconds: float) -> dict[str, Any]:
