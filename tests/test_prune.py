@@ -362,3 +362,19 @@ def test_model_is_restored_when_pruning_fails_midway(monkeypatch):
         prune_model(model, calib, flops_fraction=0.3, method="falcon", n_grads=40)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_masks_registered_by_a_failing_call_are_removed(monkeypatch):
+    import falcon_milp.torch.prune as prune_mod
+
+    def boom(layers):
+        raise RuntimeError("count failed")
+
+    monkeypatch.setattr(prune_mod, "layer_usage", boom)
+    model, calib = tiny(7, n=80)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="count failed"):
+        prune_model(model, calib, flops_fraction=0.3, method="magnitude", keep_masks=True)
+    assert not any(is_masked(m) for m in (model.conv, model.fc1, model.fc2))
+    after = model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)

@@ -51,6 +51,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from . import OptionError
 from .backsolve import backsolve
@@ -221,10 +222,19 @@ def prune_model(model: nn.Module, *args: Any, **kwargs: Any) -> PruneReport:
     """
     snapshot = ({k: v.detach().clone() for k, v in model.state_dict().items()}
                 if isinstance(model, nn.Module) else None)
+    masked_before = set()
+    if snapshot is not None:
+        masked_before = {(id(m), n) for m in model.modules() if parametrize.is_parametrized(m)
+                         for n in m.parametrizations}
     try:
         return _prune_model(model, *args, **kwargs)
     except BaseException:
         if snapshot is not None:
+            for m in list(model.modules()):        # masks registered by this call go again
+                if parametrize.is_parametrized(m):
+                    for n in list(m.parametrizations):
+                        if (id(m), n) not in masked_before:
+                            parametrize.remove_parametrizations(m, n, leave_parametrized=False)
             with torch.no_grad():
                 state = model.state_dict()
                 for k, v in snapshot.items():
@@ -359,6 +369,7 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
     chosen: str | None = None
     lam_used: float | None = None
     log2_scales: list[float] = []
+    lipschitz_used: float | None = None
 
     def grads_at(data: Calib, stage: int) -> np.ndarray:
         t = time.perf_counter()
@@ -369,8 +380,8 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
     def mean_grad(X: np.ndarray, data: Calib) -> np.ndarray | None:
         if not alpha:
             return None
-        if fisher == "empirical":
-            return X.sum(axis=0, dtype=np.float64) / math.sqrt(X.shape[0])
+        if fisher == "empirical":      # rows: sums of m gradients / sqrt(m * rows)
+            return X.sum(axis=0, dtype=np.float64) / math.sqrt(X.shape[0] * grads_per_row)
         from .gradients import summed_grad
         return (summed_grad(model, data[0], data[1], layers) / data[0].shape[0]).numpy()
 
@@ -396,7 +407,7 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
 
     def stage(X: np.ndarray, w_cur: np.ndarray, projector: Projector, data: Calib, k: int,
               phase: str, scales_start: Sequence[float] | None = None) -> StageResult:
-        nonlocal dfo_iters, n_proj, bs_iters
+        nonlocal dfo_iters, n_proj, bs_iters, lipschitz_used
         if referee is not None:
             referee.reset()
         res = run_stage(X, w_cur, projector, sizes, cfg, referee, times, g=mean_grad(X, data),
@@ -404,6 +415,7 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
         dfo_iters += res.dfo_iterations
         n_proj += res.n_projections
         bs_iters += res.backsolve_iterations
+        lipschitz_used = res.lipschitz
         return res
 
     if method in ("falcon", "nnz-only"):
@@ -421,7 +433,7 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
             if k == 0:
                 Xk, data_k = X0, calib
             else:
-                write_weights(layers, w, mask, keep_masks)
+                write_weights(layers, w, mask)
                 if bn_inputs is not None:
                     recalibrate_batchnorm(model, bn_inputs)
                 data_k = _subsample(train_part, grads_needed, seed, k) if resample else calib
@@ -475,6 +487,7 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
         val_mag = v_mag.loss
         if safeguard and v_mag.score < v_res.score:
             w, mask, fallback = np.where(mag_mask, w0, 0.0), mag_mask, "magnitude"
+            chosen, lam_used, log2_scales = "magnitude", None, []
 
     t = time.perf_counter()
     write_weights(layers, w, mask, keep_masks)
@@ -508,7 +521,7 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
         val_accuracy_after=None if val_after is None else val_after.accuracy,
         val_loss_magnitude=val_mag, n_val=0 if val is None else int(val[0].shape[0]),
         fallback=fallback, bn_recalibrated=bn_count, n_grads=int(calib[0].shape[0]),
-        lam2=lam_used, lipschitz=None, dfo_iterations=dfo_iters, n_projections=n_proj,
+        lam2=lam_used, lipschitz=lipschitz_used, dfo_iterations=dfo_iters, n_projections=n_proj,
         backsolve_iterations=bs_iters, choice=chosen, log2_layer_scales=log2_scales, times=times,
         stages=report_stages, referee=[] if referee is None else stage_log + list(referee.log),
         per_layer=dict(usage.per_layer))
@@ -522,7 +535,7 @@ prune_model.__doc__ = (_prune_model.__doc__ or "") + """
 
 
 def _stage_entry(k: int, nf: float | None, ff: float | None, res: StageResult, seconds: float) -> dict[str, Any]:
-    best = min((c["val_loss"] for c in res.candidates), default=None)
+    best = next((c["val_loss"] for c in res.candidates if c["candidate"] == res.choice), None)
     return {"stage": k, "nnz_fraction": nf, "flops_fraction": ff, "dfo_iterations": res.dfo_iterations,
             "objective_dfo": res.objective_dfo, "choice": res.choice, "lam2": res.lam2,
             "swapped": res.swapped, "log2_layer_scales": res.log2_scales, "val_loss": best,

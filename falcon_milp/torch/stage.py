@@ -67,8 +67,9 @@ class StageResult:
     w: np.ndarray
     mask: np.ndarray
     choice: str
-    lam2: float
+    lam2: float | None
     log2_scales: list[float]
+    lipschitz: float | None = None
     dfo_iterations: int = 0
     n_projections: int = 0
     backsolve_iterations: int = 0
@@ -137,6 +138,7 @@ def run_stage(X: Any, w_cur: np.ndarray, projector: Projector, group_sizes: Sequ
 
     out = StageResult(w_cur, np.ones(w_cur.size, dtype=bool), "", ridges[0][1], [float(v) for v in theta])
     fallback: tuple[np.ndarray, np.ndarray, str, float] | None = None
+    fallback_full: tuple[np.ndarray, np.ndarray, str, float] | None = None
     for label, lam2 in ridges:
         qm = QuadraticModel(X, w_cur, lam2, cfg.alpha if g is not None else 0.0, g)
         res = dfo(qm, projector, max_iter=cfg.max_iter, tol=cfg.tol, patience=cfg.patience,
@@ -145,6 +147,8 @@ def run_stage(X: Any, w_cur: np.ndarray, projector: Projector, group_sizes: Sequ
                              ("projections", "projections"), ("refine", "refine")):
             times[k_dst] = times.get(k_dst, 0.0) + res.times[k_src]
         out.dfo_iterations += res.n_iter
+        if math.isfinite(res.lipschitz):
+            out.lipschitz = res.lipschitz
         out.n_projections += res.n_projections
         w, mask = res.w, res.mask
         if cfg.support_iters > 0:
@@ -168,6 +172,8 @@ def run_stage(X: Any, w_cur: np.ndarray, projector: Projector, group_sizes: Sequ
         if referee is None:
             fallback = (bs.w, mask, f"{label}, t=1", lam2)
             continue
+        if fallback_full is None or label == ridges[len(ridges) // 2][0]:
+            fallback_full = (bs.w, mask, f"{label}, t=1", lam2)
         t = time.perf_counter()
         kept = np.where(mask, w_cur, 0.0)
         for step in cfg.update_steps:
@@ -178,8 +184,12 @@ def run_stage(X: Any, w_cur: np.ndarray, projector: Projector, group_sizes: Sequ
         assert fallback is not None
         out.w, out.mask, out.choice, out.lam2 = fallback
         return out
+    if referee.best is None:                 # no candidate scored finite: the paper's choice
+        assert fallback_full is not None
+        out.w, out.mask, out.choice, out.lam2 = fallback_full
+        return out
     w, mask, choice = referee.best[1], referee.best[2], referee.best[3]
-    out.w, out.mask, out.choice = w, mask, choice
+    out.w, out.mask, out.choice, out.lam2 = w, mask, choice, None
     for lab, lam2 in ridges:
         if choice.startswith(lab + ","):
             out.lam2 = lam2
