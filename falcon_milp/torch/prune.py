@@ -203,16 +203,6 @@ def _repair(projector: Projector, imp: np.ndarray, mask: np.ndarray) -> np.ndarr
     return mask
 
 
-def _stage_config(lam2: float | None, lam2_rel: tuple[float, ...], alpha: float, metric: str,
-                  layer_scales: str, update_steps: tuple[float, ...], support_iters: int, step: str,
-                  max_iter: int, tol: float, patience: int | None, refine_iters: int,
-                  block_size: int, backsolve_iters: int) -> StageConfig:
-    return StageConfig(lam2=lam2, lam2_rel=lam2_rel, alpha=alpha, metric=metric, layer_scales=layer_scales,
-                       update_steps=update_steps, support_iters=support_iters, step=step,
-                       max_iter=max_iter, tol=tol, patience=patience, refine_iters=refine_iters,
-                       block_size=block_size, backsolve_iters=backsolve_iters)
-
-
 # ----------------------------------------------------------------------------- main entry
 def prune_model(model: nn.Module, *args: Any, **kwargs: Any) -> PruneReport:
     """Prune ``model`` in place and return a :class:`PruneReport` (:func:`_prune_model`).
@@ -397,8 +387,10 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
         return Projector(sizes, fpw, s, f, solver=solver, names=names, solver_options=opts)
 
     proj = make_projector(max_nnz, max_flops)
-    cfg = _stage_config(lam2, lam2_grid, alpha, metric, layer_scales, steps_grid, support_iters, step,
-                        max_iter, tol, patience, refine_iters, block_size, backsolve_iters)
+    cfg = StageConfig(lam2=lam2, lam2_rel=lam2_grid, alpha=alpha, metric=metric, layer_scales=layer_scales,
+                      update_steps=steps_grid, support_iters=support_iters, step=step, max_iter=max_iter,
+                      tol=tol, patience=patience, refine_iters=refine_iters, block_size=block_size,
+                      backsolve_iters=backsolve_iters)
 
     def cb(phase: str) -> Callable[[int, float], None] | None:
         if callback is None:
