@@ -136,8 +136,10 @@ def test_interrupted_run_keeps_written_records(tmp_path: Path, monkeypatch: pyte
     rc, out = _bench(tmp_path, "--suite", *SOME_TINY, "--solvers", "magnitude,ratio-greedy")
     assert rc == 130
     recs = read_records(out / "results.jsonl")
-    assert len(recs) == 4
-    assert [r["key"] for r in recs] == [[0, 0, 0], [0, 1, 0], [1, 0, 0], [1, 1, 0]]
+    assert len(recs) == 5     # the four finished runs and the one Ctrl-C stopped
+    assert [r["key"] for r in recs] == [[0, 0, 0], [0, 1, 0], [1, 0, 0], [1, 1, 0], [2, 0, 0]]
+    assert [r["status"] for r in recs][-1] == "interrupted"   # never a solver outcome
+    assert all(r["status"] != "interrupted" for r in recs[:4])
     meta = json.loads((out / "run.json").read_text())
     assert meta["interrupted"] is True
     assert "of 16 planned (**interrupted**" in (out / "report.md").read_text()

@@ -339,7 +339,14 @@ def run_tasks(tasks: Iterable[Task], jobs: int = 1,
 
     if jobs <= 1 or len(tasks) <= 1:
         for task in tasks:
-            take(run_task(task))
+            try:
+                rec = run_task(task)
+            except KeyboardInterrupt:     # the run in progress is recorded as interrupted
+                rec = _base_record(task)
+                rec.update(status="interrupted", reason="stopped by Ctrl-C")
+                take(rec)
+                raise
+            take(rec)
         return records
     ctx = mp.get_context("spawn")
     pool = ctx.Pool(processes=min(jobs, len(tasks)), initializer=_worker_init)

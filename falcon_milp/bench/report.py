@@ -89,7 +89,7 @@ def merged_best(records: Sequence[dict[str, Any]]) -> dict[str, InstanceBest]:
             out[name] = cur
         if cur.n_weights is None and rec.get("n_weights") is not None:
             cur.n_weights, cur.n_groups, cur.budgets = rec["n_weights"], rec["n_groups"], rec["budgets"]
-        if rec["checks"] or rec["status"] in ("skipped", "error"):
+        if rec["checks"] or rec["status"] in ("skipped", "error", "interrupted"):
             continue
         best = cur.best
         lower, lower_by, upper, upper_by = best.lower, best.lower_by, best.upper, best.upper_by
@@ -186,7 +186,7 @@ def cell_gap(row: Row) -> str:
         return "CHECK FAILED"
     if row.status == "infeasible":
         return "infeasible (" + violation_text(row) + ")"
-    if row.status in ("skipped", "error", "no_solution"):
+    if row.status in ("skipped", "error", "no_solution", "interrupted"):
         return row.status.replace("_", " ")
     return fmt_gap(row.gap_to_best)
 
@@ -238,7 +238,7 @@ class SolverSummary:
     n_check_failed: int
 
 
-STATUS_ORDER = ("optimal", "feasible", "infeasible", "no_solution", "skipped", "error")
+STATUS_ORDER = ("optimal", "feasible", "infeasible", "no_solution", "skipped", "error", "interrupted")
 
 
 def solver_summaries(rows: Sequence[Row], solvers: Sequence[str]) -> list[SolverSummary]:
@@ -381,7 +381,7 @@ def markdown_report(records: Sequence[dict[str, Any]], meta: dict[str, Any],
             r = by_cell.get((i, s))
             if r is None:
                 line.append("")
-            elif r.status in ("skipped", "error"):
+            elif r.status in ("skipped", "error", "interrupted"):
                 line.append(r.status)
             else:
                 t = fmt_time(r.runtime_s)
@@ -406,7 +406,7 @@ def markdown_report(records: Sequence[dict[str, Any]], meta: dict[str, Any],
     parts.append("The `by` columns name the solvers that reached the value (from `instances/MANIFEST`, "
                  "unless a run of this report improved on it; `brute-force` = exact enumeration).\n")
 
-    not_run = [r for r in rows if r.status in ("skipped", "error", "no_solution")]
+    not_run = [r for r in rows if r.status in ("skipped", "error", "no_solution", "interrupted")]
     if not_run:
         parts.append("## Runs without a result\n")
         lines = [[f"`{r.instance}`", f"`{r.solver}`", r.status, r.reason or "-"] for r in not_run]

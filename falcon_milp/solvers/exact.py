@@ -350,10 +350,10 @@ class Core:
 
         def dfs(j: int, k: np.ndarray, acc_loss: float, acc_val: float, used_s: int, used: list[int]) -> None:
             state["nodes"] += 1
-            if state["nodes"] % 1024 == 0:
-                if (deadline is not None and time.perf_counter() > deadline) or \
-                        (max_nodes is not None and state["nodes"] > max_nodes):
-                    state["stopped"] = True
+            if max_nodes is not None and state["nodes"] > max_nodes:
+                state["stopped"] = True      # at most max_nodes nodes are expanded
+            elif deadline is not None and state["nodes"] % 1024 == 0 and time.perf_counter() > deadline:
+                state["stopped"] = True
             if state["stopped"]:
                 return
             if j and acc_loss + rest_bounds[j](S - used_s, used) > state["best"] + tol:
@@ -380,9 +380,7 @@ class Core:
                     return
 
         k0 = k_inc.copy()
-        dfs(0, k0, 0.0, 0.0, 0, [0] * R)
-        if max_nodes is not None and state["nodes"] > max_nodes:
-            state["stopped"] = True
+        dfs(0, k0, 0.0, 0.0, 0, [0] * R)     # finished = the whole tree was searched
         return best_k, state["best"], not state["stopped"], state["nodes"]
 
 
@@ -528,7 +526,7 @@ def core_search(prob: Problem, lp: LPSolution, counts: np.ndarray, value: float,
     windows = [w.hi - w.lo + 1 for w in core.windows]
     limit = max_nodes if milp_after is None else (
         milp_after if max_nodes is None else min(max_nodes, milp_after))
-    best, _, finished, nodes = core.search(kc, p_inc, deadline, limit, band)
+    best, p_best, finished, nodes = core.search(kc, p_inc, deadline, limit, band)
     milp: dict[str, Any] | None = None
     if not finished and milp_after is not None and nodes >= milp_after and (
             max_nodes is None or max_nodes > milp_after) and (
@@ -539,11 +537,21 @@ def core_search(prob: Problem, lp: LPSolution, counts: np.ndarray, value: float,
             v = sum(float(w.value[best_milp[c] - w.lo]) for c, w in enumerate(core.windows))
             v_old = sum(float(w.value[best[c] - w.lo]) for c, w in enumerate(core.windows))
             if v > v_old:
-                best = best_milp
+                best, p_best = best_milp, p_best - (v - v_old)
             finished = milp["status"] == "optimal"
             milp["gain_over_search"] = v - v_old
             # HiGHS's own slack between its dual bound and the best value (>= 0)
             milp["bound_excess"] = max(0.0, milp["dual_bound"] - max(v, v_old))
+        user_limit = (max_nodes is not None and nodes >= max_nodes) or (
+            deadline is not None and time.perf_counter() > deadline)
+        if not finished and not user_limit:
+            # HiGHS did not prove it (no solution, rejected, a failure): the exact search goes on
+            # to the end (or to the caller's limits) instead of giving up
+            best, p_best, finished, more = core.search(best, p_best, deadline,
+                                                       None if max_nodes is None else max_nodes - nodes, band)
+            nodes += more
+            if milp is not None:
+                milp["search_resumed"] = True
     # the search works with class values (the largest weights of each class); realise them
     # per layer even when the class counts did not change (the incumbent may not keep the
     # largest weights of a class in every layer)
@@ -552,7 +560,8 @@ def core_search(prob: Problem, lp: LPSolution, counts: np.ndarray, value: float,
     if new_value >= value and prob.rows.fits(new) and int(new.sum()) <= prob.S:
         counts, value = new, new_value
     stopped = "" if finished else (
-        "time_limit" if deadline is not None and time.perf_counter() > deadline else "iteration_limit")
+        "time_limit" if deadline is not None and time.perf_counter() > deadline else
+        "iteration_limit" if max_nodes is not None and nodes >= max_nodes else "unknown")
     return CoreResult(counts, value, finished, stopped, nodes, windows, milp)
 
 
@@ -609,39 +618,61 @@ def _windowed_milp(core: Core, k_start: np.ndarray, deadline: float | None
         value += [float(w.cost[i]) for w in W]
         rlo.append(-np.inf)
         rhi.append(float(caps[i]))
-    n_rows = len(starts)
-    try:   # a Highs object made the HiGHS way: without the banner on stdout
-        from .highs import _new_highs
-        h = _new_highs()
-    except ImportError:   # pragma: no cover
-        h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    for key, val in (("mip_rel_gap", 0.0), ("mip_abs_gap", 0.0), ("random_seed", 0),
-                     ("mip_feasibility_tolerance", 1e-9)):
-        h.setOptionValue(key, val)
-    if deadline is not None:
-        h.setOptionValue("time_limit", max(0.01, deadline - time.perf_counter()))
-    integrality = np.concatenate([np.ones(C), np.zeros(C)]).astype(np.int32)
-    h.passModel(2 * C, n_rows, len(index), int(highspy.MatrixFormat.kRowwise),
-                int(highspy.ObjSense.kMaximize), 0.0, cost, lower, upper,
-                np.array(rlo), np.array(rhi), np.array(starts, dtype=np.int32),
-                np.array(index, dtype=np.int32), np.array(value, dtype=np.float64), integrality)
-    sol = np.asarray([float(v) for v in k_start] + [float(w.value[k_start[c] - w.lo]) for c, w in enumerate(W)])
-    h.setSolution(_solution(highspy, sol))
-    h.run()
-    status = h.getModelStatus()
-    info = h.getInfo()
-    out = {"status": "optimal" if status == highspy.HighsModelStatus.kOptimal else status.name,
-           "highs_nodes": int(info.mip_node_count), "dual_bound": float(info.mip_dual_bound)}
-    if info.primal_solution_status != 2:
+    model = {"n_cols": 2 * C, "cost": cost, "lower": lower, "upper": upper, "row_lower": np.array(rlo),
+             "row_upper": np.array(rhi), "starts": np.array(starts, dtype=np.int32),
+             "index": np.array(index, dtype=np.int32), "value": np.array(value, dtype=np.float64),
+             "integrality": np.concatenate([np.ones(C), np.zeros(C)]).astype(np.int32),
+             "start": np.asarray([float(v) for v in k_start]
+                                 + [float(w.value[k_start[c] - w.lo]) for c, w in enumerate(W)])}
+    from .highs import ISOLATE
+    from .isolated import can_isolate, run_isolated
+    if ISOLATE and can_isolate():    # HiGHS in a child process: a hard deadline and Ctrl-C
+        got = run_isolated(_run_windowed, (model, deadline, True), deadline)
+        if got.killed:
+            return k_start.copy(), {"status": "time_limit", "highs_nodes": 0, "dual_bound": math.inf,
+                                    "killed": True}
+        run = got.value
+    else:
+        run = _run_windowed(model, deadline)
+    out = {"status": run["status"], "highs_nodes": run["nodes"], "dual_bound": run["dual_bound"]}
+    if run["values"] is None:
         return k_start.copy(), {**out, "status": out["status"] if out["status"] != "optimal" else "no_solution"}
-    k = np.rint(np.asarray(h.getSolution().col_value[:C])).astype(np.int64)
+    k = np.rint(run["values"][:C]).astype(np.int64)
     k = np.clip(k, [w.lo for w in W], [w.hi for w in W])
     ok = int(k.sum()) <= core.prob.S and all(
         caps[i] is None or sum(w.cost[i] * int(k[c]) for c, w in enumerate(W)) <= caps[i] for i in range(R))
     if not ok:     # HiGHS's tolerance let a budget slip: keep the search's incumbent
         return k_start.copy(), {**out, "status": "rejected"}
     return k, out
+
+
+def _run_windowed(model: dict[str, Any], deadline: float | None, in_child: bool = False,
+                  report: Any = None) -> dict[str, Any]:
+    """Solve the windowed MILP arrays of :func:`_windowed_milp` with HiGHS (in a child process
+    when ``in_child``): status ("optimal" or HiGHS's status name), nodes, dual bound, values."""
+    import highspy
+    from .highs import _new_highs, fresh_scheduler
+    if in_child:
+        fresh_scheduler()
+    h = _new_highs()
+    for key, val in (("mip_rel_gap", 0.0), ("mip_abs_gap", 0.0), ("random_seed", 0),
+                     ("mip_feasibility_tolerance", 1e-9)):
+        h.setOptionValue(key, val)
+    if deadline is not None:
+        h.setOptionValue("time_limit", max(0.01, deadline - time.perf_counter()))
+    n_rows = len(model["starts"])
+    h.passModel(model["n_cols"], n_rows, len(model["index"]), int(highspy.MatrixFormat.kRowwise),
+                int(highspy.ObjSense.kMaximize), 0.0, model["cost"], model["lower"], model["upper"],
+                model["row_lower"], model["row_upper"], model["starts"], model["index"],
+                model["value"], model["integrality"])
+    h.setSolution(_solution(highspy, model["start"]))
+    h.run()
+    status = h.getModelStatus()
+    info = h.getInfo()
+    values = (np.asarray(h.getSolution().col_value, dtype=np.float64)
+              if info.primal_solution_status == 2 else None)
+    return {"status": "optimal" if status == highspy.HighsModelStatus.kOptimal else status.name,
+            "nodes": int(info.mip_node_count), "dual_bound": float(info.mip_dual_bound), "values": values}
 
 
 def _solution(highspy: Any, values: np.ndarray) -> Any:

@@ -65,7 +65,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -74,6 +74,7 @@ from ..formulations import build_spec, counts_to_mask
 from ..formulations.spec import LinearSpec, to_pyomo
 from ..instance import PruningInstance
 from ..result import check_mask
+from .isolated import can_isolate, run_isolated
 from .registry import RawSolution
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,10 @@ PYOMO_MAX_NNZ = 50_000
 """``backend="auto"`` builds MILPs through Pyomo up to this many matrix nonzeros."""
 
 BACKENDS = ("auto", "pyomo", "highspy")
+ISOLATE = True
+"""Run HiGHS in a child process (hard time limit, Ctrl-C); False runs it in this process."""
+KILL_GRACE_S = 0.25
+"""The child is killed this long after the call's deadline if HiGHS has not stopped itself."""
 OBJECTIVE_TARGET = 1024.0
 """Importances are multiplied by the power of two that brings the largest near this value, so
 HiGHS's absolute tolerances (1e-7 on reduced costs, 1e-9 smallest matrix entry) bite less."""
@@ -208,7 +213,8 @@ def _is_mip(spec: LinearSpec) -> bool:
     return any(b.integer for b in spec.columns)
 
 
-def _run_highspy(spec: LinearSpec, opts: dict[str, Any], model_s: float) -> HighsRun:
+def _run_highspy(spec: LinearSpec, opts: dict[str, Any], model_s: float,
+                 report: Callable[[Any], None] | None = None) -> HighsRun:
     highspy = _import_highspy()
     t0 = time.perf_counter()
     a = spec.arrays()
@@ -228,6 +234,12 @@ def _run_highspy(spec: LinearSpec, opts: dict[str, Any], model_s: float) -> High
         raise SolverUnavailableError(f"HiGHS rejected the {spec.kind} model ({status})")
     t1 = time.perf_counter()
     _prepare_threads(opts)
+    if report is not None and mip:
+        def improving(event: Any) -> None:   # each better incumbent, with the dual bound then
+            out = event.data_out
+            report(Incumbent(np.array(out.mip_solution, dtype=np.float64),
+                             float(out.objective_function_value), float(out.mip_dual_bound)))
+        h.cbMipImprovingSolution.subscribe(improving)
     h.run()
     t2 = time.perf_counter()
     info = h.getInfo()
@@ -323,12 +335,55 @@ def _constraints_in_order(spec: LinearSpec, model: Any) -> list[Any]:
     return out
 
 
-def _run(spec: LinearSpec, backend: str, opts: dict[str, Any], model_s: float) -> HighsRun:
-    if backend == "auto":
-        backend = "highspy" if spec.kind == "lp" or spec.nnz > PYOMO_MAX_NNZ else "pyomo"
+@dataclass
+class Incumbent:
+    """An improving MILP solution reported while HiGHS runs (column values in spec order)."""
+
+    values: np.ndarray
+    objective: float
+    bound: float
+
+
+def _run_here(spec: LinearSpec, backend: str, opts: dict[str, Any], model_s: float,
+              report: Callable[[Any], None] | None = None) -> HighsRun:
     if backend == "pyomo":
         return _run_pyomo(spec, opts, model_s)
-    return _run_highspy(spec, opts, model_s)
+    return _run_highspy(spec, opts, model_s, report)
+
+
+def fresh_scheduler() -> None:
+    """In a forked child: HiGHS's global thread pool was copied from the parent without its
+    worker threads (a parent that ran HiGHS itself); rebuild it before any run, or the run
+    waits for workers that do not exist."""
+    _import_highspy().Highs.resetGlobalScheduler(False)
+
+
+def _run_in_child(spec: LinearSpec, backend: str, opts: dict[str, Any], model_s: float,
+                  report: Callable[[Any], None] | None = None) -> HighsRun:
+    fresh_scheduler()
+    return _run_here(spec, backend, opts, model_s, report)
+
+
+def _run(spec: LinearSpec, backend: str, opts: dict[str, Any], model_s: float,
+         deadline: float | None = None) -> HighsRun:
+    """One HiGHS run, in a child process killed at ``deadline + KILL_GRACE_S`` (perf_counter
+    seconds) and stopped by Ctrl-C (:mod:`.isolated`); in this process where no child can be
+    started (inside a daemonic worker, or ``ISOLATE = False``). After a kill, the last
+    incumbent HiGHS reported (highspy backend) comes back with the dual bound of that moment."""
+    if backend == "auto":
+        backend = "highspy" if spec.kind == "lp" or spec.nnz > PYOMO_MAX_NNZ else "pyomo"
+    if not ISOLATE or not can_isolate():
+        return _run_here(spec, backend, opts, model_s)
+    kill_at = None if deadline is None else deadline + KILL_GRACE_S
+    got = run_isolated(_run_in_child, (spec, backend, opts, model_s), kill_at)
+    if not got.killed:
+        return got.value
+    inc: Incumbent | None = got.partial
+    log.info("HiGHS did not stop at its time limit; its process was killed after %.1f s", got.seconds)
+    bound = inc.bound if inc is not None and math.isfinite(inc.bound) and abs(inc.bound) < 1e300 else math.inf
+    return HighsRun(backend, "killed", "time_limit", None if inc is None else inc.values, None,
+                    -math.inf if inc is None else inc.objective, bound, model_s, 0.0, got.seconds,
+                    {"killed": True})
 
 
 # ----------------------------------------------------------------------------- masks
@@ -399,9 +454,10 @@ def _spec(instance: PruningInstance, kind: str, exact: bool = False) -> LinearSp
 def _solve_mip(instance: PruningInstance, kind: str, time_limit: float | None, rel_gap: float,
                threads: int | None, backend: str) -> RawSolution:
     start = time.perf_counter()
+    deadline = None if time_limit is None else start + time_limit
     spec = _spec(instance, kind)
     run = _run(spec, backend, _highs_options(kind, _remaining(time_limit, start), rel_gap, threads),
-               time.perf_counter() - start)
+               time.perf_counter() - start, deadline)
     extra = run.extra()
     extra.update(n_cols=spec.n_cols, n_rows=spec.n_rows, nnz=spec.nnz)
     bound, termination = run.bound, run.termination
@@ -414,7 +470,8 @@ def _solve_mip(instance: PruningInstance, kind: str, time_limit: float | None, r
             exact_spec = _spec(instance, kind, exact=True)
             t = time.perf_counter()
             run2 = _run(exact_spec, backend,
-                        _highs_options(kind, _remaining(time_limit, start), rel_gap, threads), 0.0)
+                        _highs_options(kind, _remaining(time_limit, start), rel_gap, threads), 0.0,
+                        deadline)
             extra.update(exact_resolve=True, exact_resolve_s=time.perf_counter() - t,
                          exact_resolve_status=run2.status)
             if run2.values is not None and run2.termination != "error":
@@ -459,9 +516,10 @@ def solve_lp(instance: PruningInstance, *, time_limit: float | None = None, rel_
     basic solution. ``rel_gap`` does not apply to an LP."""
     backend = _check_options(dict(options), "highs-lp")
     start = time.perf_counter()
+    deadline = None if time_limit is None else start + time_limit
     spec = _spec(instance, "lp")
     run = _run(spec, backend, _highs_options("lp", _remaining(time_limit, start), rel_gap, threads),
-               time.perf_counter() - start)
+               time.perf_counter() - start, deadline)
     extra = run.extra()
     scale = spec.notes["objective_scale"]
     extra.update(n_cols=spec.n_cols, n_rows=spec.n_rows, nnz=spec.nnz, lp_objective=run.objective / scale,
@@ -475,6 +533,8 @@ def solve_lp(instance: PruningInstance, *, time_limit: float | None = None, rel_
         z = run.values[spec.column_block("z").cols]
         extra["n_fractional"] = int(np.count_nonzero((z > LP_INTEGRAL_TOL) & (z < 1 - LP_INTEGRAL_TOL)))
         mask, extra["repaired"] = repair_mask(instance, z >= 1 - LP_INTEGRAL_TOL)
+        if run.termination != "optimal" and not mask.any():
+            mask = None    # a stopped interior point keeps nothing: no solution, not an empty "feasible" mask
     return RawSolution(mask, bound, run.termination, extra)
 
 

@@ -85,6 +85,8 @@ class PruneReport:
     ``total``. ``referee``: every candidate of the (last) stage judged on the validation part
     (loss, accuracy, score), then ``magnitude`` and ``result`` of the safeguard; ``choice``:
     the chosen candidate; ``fallback`` is ``"magnitude"`` when the safeguard replaced it.
+    ``n_grads``: examples behind the gradients (X has n_grads / grads_per_row rows); ``fisher``:
+    which Fisher X estimates.
     """
 
     method: str
@@ -112,6 +114,8 @@ class PruneReport:
     fallback: str | None = None
     bn_recalibrated: int = 0
     n_grads: int = 0
+    fisher: str = ""
+    grads_per_row: int = 1
     lam2: float | None = None
     lipschitz: float | None = None
     dfo_iterations: int = 0
@@ -261,7 +265,10 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
         for every projection / selection (``fast``, ``exact``, ``highs-compact``, ...).
     lam2 : a fixed ridge of Q; else ``lam2_rel`` (a number or a grid) x mean(diag Fisher), the
         grid's best chosen by the referee. alpha : first-order weight.
-    fisher : ``"empirical"`` or ``"sampled"``; grads_per_row : examples summed per row of X.
+    fisher : ``"empirical"`` (observed labels) or ``"sampled"`` (labels drawn from the model;
+        needs the default loss); None = ``"sampled"`` with the default loss, else ``"empirical"``.
+    grads_per_row : examples summed per row of X; None = min(4, examples available / n_grads).
+        (``fisher=None, grads_per_row=None`` validated best on MLPNet, docs/pruning.md.)
     layer_scales : ``"search"`` (per-layer factors of the projection's importances chosen by
         the referee) or ``"none"`` (the paper's Euclidean projection).
     update_steps : fractions t of the backsolve update judged by the referee (1 = full update).
@@ -289,6 +296,8 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
         raise OptionError(f"`model` must be a torch.nn.Module; got {type(model).__name__}")
     choice(metric, "metric", ("euclidean", "fisher-diagonal"))
     choice(method, "method", METHODS)
+    if fisher is None:
+        fisher = "empirical" if loss_fn is not None else "sampled"
     choice(fisher, "fisher", FISHERS)
     choice(layer_scales, "layer_scales", ("search", "none"))
     choice(step, "step", STEP_RULES)
@@ -303,7 +312,8 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
     from ..solvers import get_solver
     get_solver(solver)
     n_grads = int_option(n_grads, "n_grads", 1)
-    grads_per_row = int_option(grads_per_row, "grads_per_row", 1)
+    if grads_per_row is not None:
+        grads_per_row = int_option(grads_per_row, "grads_per_row", 1)
     stages = int_option(stages, "stages", 1)
     max_iter = int_option(max_iter, "max_iter", 1)
     refine_iters = int_option(refine_iters, "refine_iters", 0)
@@ -323,6 +333,8 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
     pool = check_calib(calib)
     train_part, val = split_calibration(pool, val_fraction, seed) if method in _STAGED or safeguard \
         else (pool, None)
+    if grads_per_row is None:
+        grads_per_row = max(1, min(4, train_part[0].shape[0] // n_grads))
     grads_needed = n_grads * grads_per_row
     calib = _subsample(train_part, grads_needed, seed)
 
@@ -513,6 +525,8 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
         val_accuracy_after=None if val_after is None else val_after.accuracy,
         val_loss_magnitude=val_mag, n_val=0 if val is None else int(val[0].shape[0]),
         fallback=fallback, bn_recalibrated=bn_count, n_grads=int(calib[0].shape[0]),
+        fisher=fisher if method in _NEEDS_GRADS or compute_objective else "",
+        grads_per_row=grads_per_row,
         lam2=lam_used, lipschitz=lipschitz_used, dfo_iterations=dfo_iters, n_projections=n_proj,
         backsolve_iterations=bs_iters, choice=chosen, log2_layer_scales=log2_scales, times=times,
         stages=report_stages, referee=[] if referee is None else stage_log + list(referee.log),
