@@ -60,7 +60,11 @@ def check_cost(value: Any, field: str, group: str) -> float:
 
 
 def check_max_nnz(value: Any, total: int) -> int:
-    """S: an integer >= 0 (None means no budget: all `total` weights)."""
+    """S: an integer >= 0, at most `total` (None means no budget: all `total` weights).
+
+    A larger S constrains nothing and is clamped to `total` (exact integer comparison), so
+    2**63 or 1e30 never reaches a solver's fixed-width integers.
+    """
     if value is None:
         return total
     if isinstance(value, bool):
@@ -73,7 +77,7 @@ def check_max_nnz(value: Any, total: int) -> int:
         raise InvalidInstanceError(f"`max_nnz` must be an integer >= 0; got {value!r}")
     if v < 0:
         raise InvalidInstanceError(f"`max_nnz` must be an integer >= 0; got {v}")
-    return v
+    return min(v, total)
 
 
 def check_budget(value: Any, field: str) -> float:

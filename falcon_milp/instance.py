@@ -9,11 +9,18 @@ The selection problem is
 
     max  sum_i I_i z_i   s.t.  sum_l c_{l,r} * (number of kept weights of group l) <= B_r  for all r,
                               z in {0, 1}^p.
+
+Budgets are resolved once, when an instance is built: ``None`` means no budget (the dense
+total: S = p, B_r = the smallest float >= sum_l c_{l,r} n_l, exactly); a budget above the
+dense total constrains nothing and is clamped to it (so ``max_nnz=2**63`` or ``1e30`` reads
+as p); ``math.inf`` stays infinite (the file format's ``null``).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Mapping, Sequence
 
@@ -25,10 +32,59 @@ from .exceptions import InvalidInstanceError
 NNZ, FLOPS = 0, 1
 
 
+_FLOAT_MAX = Fraction(sys.float_info.max)
+
+
 def _ceil_float(x: Fraction) -> float:
     """The smallest float >= x (so that a budget resolved from an exact total never cuts it)."""
+    if x > _FLOAT_MAX:
+        return math.inf
     f = float(x)
     return f if Fraction(f) >= x else math.nextafter(f, math.inf)
+
+
+def dense_total(costs: np.ndarray, sizes: np.ndarray) -> float:
+    """The smallest float >= sum_l costs[l] * sizes[l], summed exactly (inf beyond the float range)."""
+    return _ceil_float(sum((Fraction(float(c)) * int(n) for c, n in zip(costs, sizes)), Fraction(0)))
+
+
+def nnz_from_fraction(fraction: float, total: int) -> int:
+    """S = floor(fraction * total), with ``fraction`` read as its shortest decimal (0.29 = 29/100).
+
+    Exact, so ``nnz_from_fraction(0.29, 100) == 29`` although ``0.29 * 100 < 29`` in floats.
+    The one rule for every fraction-to-S conversion (``export``, ``prune``, synthetic suites).
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= float(fraction) <= 1.0:
+        raise InvalidInstanceError(f"`nnz_fraction` must be a number in [0, 1]; got {fraction!r}")
+    return int(math.floor(Fraction(Decimal(repr(float(fraction)))) * int(total)))
+
+
+def budgets_from_fractions(n_weights: int, dense_flops: float, nnz_fraction: float | None = None,
+                           flops_fraction: float | None = None) -> tuple[int | None, float | None]:
+    """(max_nnz, max_flops) from kept fractions of the dense totals; None stays None (no budget).
+
+    S = :func:`nnz_from_fraction` (floor, exact); F = flops_fraction * dense_flops (a float).
+    """
+    if flops_fraction is not None and (isinstance(flops_fraction, bool) or not isinstance(
+            flops_fraction, (int, float, np.integer, np.floating)) or not 0.0 <= float(flops_fraction) <= 1.0):
+        raise InvalidInstanceError(f"`flops_fraction` must be a number in [0, 1]; got {flops_fraction!r}")
+    max_nnz = None if nnz_fraction is None else nnz_from_fraction(nnz_fraction, n_weights)
+    max_flops = None if flops_fraction is None else float(flops_fraction) * float(dense_flops)
+    return max_nnz, max_flops
+
+
+def _budget_field(resource_names: Sequence[str], r: int) -> str:
+    return "max_flops" if r == FLOPS else f"extra_resources['{resource_names[r]}'] budget"
+
+
+def _resolve_budget(value: Any, costs: np.ndarray, sizes: np.ndarray, field_name: str) -> float:
+    """A checked budget of resource r >= 1: None -> the dense total; above it -> clamped to it."""
+    dense = dense_total(costs, sizes)
+    if value is None:
+        return dense
+    b = v.check_budget(value, field_name)
+    return dense if math.isfinite(b) and b > dense else b
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,6 +100,9 @@ class PruningInstance:
     budgets : tuple of R budgets; ``budgets[0]`` is the int S, the others floats (inf allowed).
     resource_names : ("nnz", "flops", ...extra).
     metadata : free-form JSON-serialisable dict (model, input shape, importance kind, source).
+
+    Calling the constructor directly validates every field like :meth:`from_flat` and keeps
+    read-only copies of the arrays, so later changes to the caller's arrays cannot reach it.
     """
 
     importance: np.ndarray
@@ -53,6 +112,37 @@ class PruningInstance:
     budgets: tuple[Any, ...]
     resource_names: tuple[str, ...] = ("nnz", "flops")
     metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Direct construction: validate through :meth:`from_flat` and adopt its own copies."""
+        costs = np.array(self.costs, dtype=np.float64)          # a copy, never the caller's
+        rnames, budgets = tuple(self.resource_names), tuple(self.budgets)
+        if costs.ndim != 2 or costs.shape[1] != len(rnames) or len(budgets) != len(rnames):
+            raise InvalidInstanceError(
+                f"`costs` must have shape (groups, {len(rnames)} resources) with one budget per "
+                f"resource; got shape {costs.shape} and {len(budgets)} budgets")
+        if rnames[:2] != ("nnz", "flops"):
+            raise InvalidInstanceError(f"`resource_names` must start with 'nnz', 'flops'; got {rnames[:2]}")
+        if not np.array_equal(costs[:, NNZ], np.ones(costs.shape[0])):
+            raise InvalidInstanceError("`costs` column 0 (nnz) must be all ones")
+        extra = {rnames[r]: (costs[:, r], budgets[r]) for r in range(2, len(rnames))}
+        built = PruningInstance.from_flat(
+            self.importance, self.group_sizes, costs[:, FLOPS], budgets[NNZ], budgets[FLOPS],
+            names=self.names, extra_resources=extra, metadata=self.metadata, copy=True)
+        for f in fields(self):
+            object.__setattr__(self, f.name, getattr(built, f.name))
+
+    @classmethod
+    def _assemble(cls, importance: np.ndarray, group_sizes: np.ndarray, names: tuple[str, ...],
+                  costs: np.ndarray, budgets: tuple[Any, ...], resource_names: tuple[str, ...],
+                  metadata: dict) -> "PruningInstance":
+        """An instance from fields already validated and owned (read-only); skips __post_init__."""
+        obj = object.__new__(cls)
+        for name, value in (("importance", importance), ("group_sizes", group_sizes), ("names", names),
+                            ("costs", costs), ("budgets", budgets), ("resource_names", resource_names),
+                            ("metadata", metadata)):
+            object.__setattr__(obj, name, value)
+        return obj
 
     # ----------------------------------------------------------------- constructors
     @classmethod
@@ -102,7 +192,9 @@ class PruningInstance:
     ) -> "PruningInstance":
         """Build from one flat importance array and the group sizes (cheap at 25M weights).
 
-        With ``copy=False`` a float32/float64 array is used as it is (made read-only view).
+        With ``copy=False`` a float32/float64 array is shared, not copied: the instance holds a
+        read-only view (the caller's array and its flags are left as they are), so the caller
+        must not change the array while the instance is in use.
         """
         sizes = v.check_group_sizes(group_sizes)
         group_names = v.check_names(names, sizes.size)
@@ -115,8 +207,8 @@ class PruningInstance:
             if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
                 raise InvalidInstanceError(f"`importance` must be real numbers; got dtype {arr.dtype}")
             arr = arr.astype(np.float64)
-        elif copy:
-            arr = arr.copy()
+        else:
+            arr = arr.copy() if copy else arr.view()   # a view: its read-only flag is its own
         bad = v._first_bad(arr)
         if bad is not None:
             offsets = np.concatenate([[0], np.cumsum(sizes)])
@@ -151,17 +243,12 @@ class PruningInstance:
         p = int(sizes.sum())
         budgets: list[Any] = [v.check_max_nnz(raw_budgets[0], p)]
         for r in range(1, len(resource_names)):
-            field_name = "max_flops" if r == FLOPS else f"extra_resources['{resource_names[r]}'] budget"
-            if raw_budgets[r] is None:
-                total = sum((Fraction(float(c)) * int(n) for c, n in zip(costs[:, r], sizes)), Fraction(0))
-                budgets.append(_ceil_float(total))
-            else:
-                budgets.append(v.check_budget(raw_budgets[r], field_name))
+            budgets.append(_resolve_budget(raw_budgets[r], costs[:, r], sizes, _budget_field(resource_names, r)))
         meta = dict(metadata or {})
         flat.flags.writeable = False
         sizes.flags.writeable = False
         costs.flags.writeable = False
-        return cls(flat, sizes, tuple(names), costs, tuple(budgets), tuple(resource_names), meta)
+        return cls._assemble(flat, sizes, tuple(names), costs, tuple(budgets), tuple(resource_names), meta)
 
     @staticmethod
     def _cost_column(values: Any, field_name: str, names: tuple[str, ...]) -> np.ndarray:
@@ -225,20 +312,25 @@ class PruningInstance:
         return np.repeat(np.arange(self.n_groups), self.group_sizes)
 
     def with_budgets(self, **budgets: Any) -> "PruningInstance":
-        """A copy with some budgets changed: ``max_nnz=``, ``max_flops=`` or an extra resource name."""
+        """A copy with some budgets changed: ``max_nnz=``, ``max_flops=`` or an extra resource name.
+
+        Budgets not named are kept; ``None`` means no budget (the dense total), as in
+        :meth:`from_groups`. The arrays are shared (they are read-only).
+        """
         new = list(self.budgets)
         for key, value in budgets.items():
             if key == "max_nnz":
                 new[NNZ] = v.check_max_nnz(value, self.n_weights)
-            elif key == "max_flops":
-                new[FLOPS] = self.max_flops if value is None else v.check_budget(value, "max_flops")
-            elif key in self.resource_names[2:]:
-                new[self.resource_names.index(key)] = v.check_budget(value, f"extra_resources['{key}'] budget")
-            else:
+                continue
+            r = FLOPS if key == "max_flops" else (
+                self.resource_names.index(key) if key in self.resource_names[2:] else None)
+            if r is None:
                 raise InvalidInstanceError(f"unknown budget `{key}`; known: max_nnz, max_flops, "
                                            + ", ".join(self.resource_names[2:]))
-        return PruningInstance(self.importance, self.group_sizes, self.names, self.costs,
-                               tuple(new), self.resource_names, dict(self.metadata))
+            new[r] = _resolve_budget(value, self.costs[:, r], self.group_sizes,
+                                     _budget_field(self.resource_names, r))
+        return PruningInstance._assemble(self.importance, self.group_sizes, self.names, self.costs,
+                                         tuple(new), self.resource_names, dict(self.metadata))
 
     def summary(self) -> dict[str, Any]:
         """Sizes and budgets, JSON-friendly (what `falcon-milp info` prints)."""

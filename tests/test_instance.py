@@ -63,8 +63,10 @@ def test_extra_resource():
 
 
 def test_with_budgets():
-    inst = make().with_budgets(max_nnz=1, max_flops=None)
-    assert inst.max_nnz == 1 and inst.max_flops == 22.0
+    inst = make().with_budgets(max_nnz=1)
+    assert inst.max_nnz == 1 and inst.max_flops == 22.0     # budgets not named are kept
+    free = make().with_budgets(max_flops=None)               # None = no budget, as in from_groups
+    assert free.max_nnz == 3 and free.max_flops == 34.0
 
 
 @pytest.mark.parametrize("kw, message", [
