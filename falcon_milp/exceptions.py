@@ -18,12 +18,20 @@ class InstanceFileError(FalconError, ValueError):
     """An instance file is missing, truncated, corrupt or of an unknown schema."""
 
 
+class OutputPathError(FalconError, ValueError):
+    """An output path that cannot be written (missing directory, not writable, a directory)."""
+
+
 class UnknownSolverError(FalconError, ValueError):
     """A solver name that is not registered."""
 
 
 class SolverOptionError(FalconError, ValueError):
     """A solver option (time limit, gap, threads, ...) out of range."""
+
+
+class SolverRegistrationError(FalconError, ValueError):
+    """A solver cannot be registered (name taken, bad target or flags)."""
 
 
 class SolverUnavailableError(FalconError, RuntimeError):

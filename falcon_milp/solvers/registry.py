@@ -13,6 +13,7 @@ from the mask and derives gap and status from the certificate alone:
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..exceptions import SolverOptionError, SolverUnavailableError, UnknownSolverError
+from ..exceptions import (SolverOptionError, SolverRegistrationError, SolverUnavailableError,
+                          UnknownSolverError)
 from ..instance import PruningInstance
 from ..result import SolveResult, check_mask, mask_objective, relative_gap
 
@@ -41,24 +43,37 @@ class RawSolution:
 @dataclass(frozen=True)
 class SolverSpec:
     name: str
-    target: str            # "module:function", imported lazily
+    target: str | Callable[..., RawSolution]   # "module:function" (imported lazily) or the function
     exact: bool            # proves optimality; default rel_gap 0
     description: str
     flop_aware: bool = True
     max_weights: int | None = None   # larger instances raise SolverUnavailableError
+    requires: tuple[str, ...] = ()   # modules that must import for the solver to be available
 
     def load(self) -> Callable[..., RawSolution]:
+        """The solver function (imports its module and the ``requires`` modules; ImportError if missing)."""
+        for module in self.requires:
+            importlib.import_module(module)
+        if callable(self.target):
+            return self.target
         module, func = self.target.split(":")
-        return getattr(importlib.import_module(module), func)
+        try:
+            return getattr(importlib.import_module(module), func)
+        except AttributeError:     # as `from module import func` does
+            raise ImportError(f"cannot import name {func!r} from {module!r}") from None
 
 
+_HIGHS = ("highspy", "pyomo.environ")
 _SPECS = [
     SolverSpec("highs-ilp", "falcon_milp.solvers.highs:solve_ilp", True,
-               "per-weight ILP by HiGHS branch-and-bound (Pyomo up to 50k nonzeros, highspy above)", max_weights=2_000_000),
+               "per-weight ILP by HiGHS branch-and-bound (Pyomo up to 50k nonzeros, highspy above)", max_weights=2_000_000,
+               requires=_HIGHS),
     SolverSpec("highs-lp", "falcon_milp.solvers.highs:solve_lp", False,
-               "LP relaxation by HiGHS simplex (highspy); mask = its integral part", max_weights=2_000_000),
+               "LP relaxation by HiGHS simplex (highspy); mask = its integral part", max_weights=2_000_000,
+               requires=("highspy",)),
     SolverSpec("highs-compact", "falcon_milp.solvers.highs:solve_compact", True,
-               "compact per-layer MILP (one integer count per layer) by HiGHS (Pyomo up to 50k nonzeros, highspy above)"),
+               "compact per-layer MILP (one integer count per layer) by HiGHS (Pyomo up to 50k nonzeros, highspy above)",
+               requires=_HIGHS),
     SolverSpec("magnitude", "falcon_milp.solvers.greedy:solve_magnitude", False,
                "global top-S by importance, FLOP-unaware (bound: the NNZ-only optimum)",
                flop_aware=False),
@@ -72,22 +87,108 @@ _SPECS = [
                "LP-guided core + exact search on layer counts; proves optimality"),
 ]
 REGISTRY: dict[str, SolverSpec] = {s.name: s for s in _SPECS}
+"""Every registered solver by name (built-in first, then :func:`register_solver` order)."""
+
+
+def _unavailable(spec: SolverSpec) -> str | None:
+    """Why ``spec`` cannot run here (its module or a required backend fails to import), or None."""
+    try:
+        spec.load()
+    except ImportError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def solver_names() -> list[str]:
-    """Names of the registered solvers whose module exists in this installation."""
-    names = []
-    for spec in _SPECS:
-        module = spec.target.split(":")[0]
-        if importlib.util.find_spec(module) is not None:
-            names.append(spec.name)
-    return names
+    """Names of the registered solvers that can run here, in registry order.
+
+    An availability check for real: each solver's module and the backends it needs (highspy,
+    Pyomo for the HiGHS solvers) are imported; a solver whose imports fail is left out.
+    """
+    return [name for name, spec in REGISTRY.items() if _unavailable(spec) is None]
 
 
 def get_solver(name: str) -> SolverSpec:
-    if name not in REGISTRY or name not in solver_names():
+    """The spec of solver ``name``; UnknownSolverError if not registered, SolverUnavailableError
+    if its module or backend cannot be imported here (only this solver's imports are tried)."""
+    if not isinstance(name, str) or name not in REGISTRY:
         raise UnknownSolverError(f"`solver` must be one of {', '.join(solver_names())}; got {name!r}")
-    return REGISTRY[name]
+    spec = REGISTRY[name]
+    why = _unavailable(spec)
+    if why is not None:
+        raise SolverUnavailableError(f"solver '{name}' is not available here ({why})")
+    return spec
+
+
+def register_solver(name: str, func_or_target: str | Callable[..., RawSolution], *, exact: bool,
+                    description: str, flop_aware: bool = True, max_weights: int | None = None,
+                    requires: tuple[str, ...] = ()) -> SolverSpec:
+    """Add a solver to :data:`REGISTRY` so that :func:`solve`, the CLI and the bench can use it.
+
+    ``func_or_target``: the solver function ``f(instance, *, time_limit, rel_gap, threads,
+    **options) -> RawSolution``, or ``"module:function"`` imported on first use. ``exact``:
+    it proves optimality (``rel_gap`` defaults to 0); ``flop_aware=False`` marks baselines
+    that may break the FLOP budget; ``max_weights``: larger instances are refused;
+    ``requires``: modules that must import for it to be available. A name already
+    registered is refused (SolverRegistrationError). Returns the new spec.
+    """
+    if not isinstance(name, str) or not name or name != name.strip() or any(c.isspace() or c == "," for c in name):
+        raise SolverRegistrationError(f"`name` must be a non-empty string without spaces or commas; got {name!r}")
+    if name in REGISTRY:
+        raise SolverRegistrationError(f"`name` {name!r} is already registered; choose another name")
+    if isinstance(func_or_target, str):
+        module, sep, func = func_or_target.partition(":")
+        if not sep or not module or not func or ":" in func:
+            raise SolverRegistrationError(
+                f"`func_or_target` must be a function or 'module:function'; got {func_or_target!r}")
+    elif callable(func_or_target):
+        try:
+            params = inspect.signature(func_or_target).parameters
+        except (TypeError, ValueError):
+            params = None
+        if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            missing = [k for k in ("time_limit", "rel_gap", "threads") if k not in params]
+            if missing:
+                raise SolverRegistrationError(
+                    f"`func_or_target` must accept the keyword `{missing[0]}` (solve() passes "
+                    "time_limit, rel_gap and threads)")
+    else:
+        raise SolverRegistrationError(
+            f"`func_or_target` must be a function or 'module:function'; got {type(func_or_target).__name__}")
+    for flag, value in (("exact", exact), ("flop_aware", flop_aware)):
+        if not isinstance(value, bool):
+            raise SolverRegistrationError(f"`{flag}` must be True or False; got {value!r}")
+    if not isinstance(description, str) or not description.strip():
+        raise SolverRegistrationError(f"`description` must be a non-empty string; got {description!r}")
+    if max_weights is not None and (isinstance(max_weights, bool) or not isinstance(max_weights, int)
+                                    or max_weights < 1):
+        raise SolverRegistrationError(f"`max_weights` must be None or an integer >= 1; got {max_weights!r}")
+    if isinstance(requires, str) or not all(isinstance(m, str) and m for m in requires):
+        raise SolverRegistrationError(f"`requires` must be a tuple of module names; got {requires!r}")
+    spec = SolverSpec(name, func_or_target, exact, description, flop_aware, max_weights, tuple(requires))
+    REGISTRY[name] = spec
+    return spec
+
+
+def _check_extra_options(spec: SolverSpec, func: Callable[..., Any], options: dict[str, Any]) -> None:
+    """Unknown keyword options -> SolverOptionError listing the accepted ones (from the signature).
+
+    A solver taking ``**options`` checks them itself (the HiGHS solvers do).
+    """
+    if not options:
+        return
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in list(params.items())[1:]
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    for key in options:
+        if key not in accepted:
+            raise SolverOptionError(f"unknown option `{key}` for solver '{spec.name}'; it accepts: "
+                                    + ", ".join(f"`{n}`" for n in accepted))
 
 
 def _check_options(time_limit: Any, rel_gap: Any, threads: Any) -> None:
@@ -118,6 +219,7 @@ def solve(instance: PruningInstance, solver: str = "fast", time_limit: float | N
             f"{instance.n_weights:,} (use 'fast' or 'exact')")
     gap_target = 0.0 if rel_gap is None else float(rel_gap)
     func = spec.load()
+    _check_extra_options(spec, func, options)
     start = time.perf_counter()
     raw = func(instance, time_limit=time_limit, rel_gap=gap_target, threads=threads, **options)
     runtime = time.perf_counter() - start
