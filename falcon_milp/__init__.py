@@ -3,14 +3,14 @@
 Importing this package loads numpy only; pyomo, highspy and torch are imported by the
 modules that need them.
 """
-from .exceptions import (FalconError, InstanceFileError, InvalidInstanceError, SolverOptionError,
-                         SolverUnavailableError, UnknownSolverError)
+from .exceptions import (FalconError, InstanceFileError, InvalidInstanceError, OutputPathError,
+                         SolverOptionError, SolverUnavailableError, UnknownSolverError)
 from .instance import PruningInstance
 from .io import load_instance, save_instance
 from .result import SolveResult, check_mask
 from .solvers import solve, solver_names
 
 __version__ = "0.1.0"
-__all__ = ["FalconError", "InstanceFileError", "InvalidInstanceError", "PruningInstance",
+__all__ = ["FalconError", "InstanceFileError", "InvalidInstanceError", "OutputPathError", "PruningInstance",
            "SolveResult", "SolverOptionError", "SolverUnavailableError", "UnknownSolverError",
            "check_mask", "load_instance", "save_instance", "solve", "solver_names"]

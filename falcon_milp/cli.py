@@ -26,12 +26,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _print_json(obj: Any) -> None:
+    """Strict JSON on stdout: NaN and infinities become null (JSON has no such numbers)."""
+    from .io import json_safe
+    print(json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False))
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from .io import load_instance
     inst = load_instance(args.instance)
     summary = inst.summary()
     if args.json:
-        print(json.dumps(summary, indent=2, default=str))
+        _print_json(summary)
         return 0
     print(f"{args.instance}: {summary['n_weights']:,} weights in {summary['n_groups']} groups "
           f"({summary['dtype']}), total importance {summary['total_importance']:.6g}")
@@ -45,15 +51,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_solve(args: argparse.Namespace) -> int:
     import numpy as np
-    from .io import load_instance
+    from .io import check_writable, load_instance
     from .solvers import solve
+    if args.mask_out:   # np.save appends .npy when missing
+        name = args.mask_out if args.mask_out.endswith(".npy") else args.mask_out + ".npy"
+        check_writable(name, "--mask-out")
     inst = load_instance(args.instance)
     result = solve(inst, solver=args.solver, time_limit=args.time_limit, rel_gap=args.rel_gap,
                    threads=args.threads)
     if args.mask_out:
         np.save(args.mask_out, result.mask)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2, default=str))
+        _print_json(result.to_dict())
     else:
         print(f"{result.solver}: status {result.status} ({result.termination}), objective "
               f"{result.objective:.10g}, bound {result.bound:.10g}, gap {result.gap:.3e}, "
@@ -65,7 +74,8 @@ def _cmd_solve(args: argparse.Namespace) -> int:
 
 def _cmd_export_model(args: argparse.Namespace) -> int:
     from .formulations import build_model, write_model
-    from .io import load_instance
+    from .io import check_writable, load_instance
+    check_writable(args.output, "--output")
     inst = load_instance(args.instance)
     model = build_model(inst, args.formulation)
     path = write_model(model, args.output, args.format)
@@ -79,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="summarise an instance file")
     p.add_argument("instance")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON (infinite budgets as null)")
     p.set_defaults(func=_cmd_info)
 
     from .solvers.registry import REGISTRY
@@ -91,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rel-gap", type=float, default=None, metavar="G",
                    help="relative gap to stop at (default 0 for exact solvers)")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", action="store_true", help="print the result as JSON (mask left out)")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as JSON (mask left out; non-finite numbers as null)")
     p.add_argument("--mask-out", metavar="FILE", help="save the mask as a .npy bool array")
     p.set_defaults(func=_cmd_solve)
 

@@ -6,6 +6,7 @@ float64, and ``header``: UTF-8 bytes (uint8 array) of a JSON object with ``schem
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .exceptions import FalconError, InstanceFileError
+from .exceptions import FalconError, InstanceFileError, OutputPathError
 from .instance import PruningInstance
 
 SCHEMA_VERSION = 1
@@ -47,6 +48,83 @@ def save_instance(instance: PruningInstance, path: str | os.PathLike, compress: 
     return path
 
 
+def _dir_refuses_files(directory: Path) -> str | None:
+    """Why no file can be created in ``directory`` (an existing directory), or None.
+
+    ``os.access`` first; then, where the OS has ``O_TMPFILE``, an anonymous file that never
+    gets a name in the directory and vanishes on close (this catches read-only mounts and
+    pseudo file systems such as /proc, which ``os.access`` passes for root). Where
+    ``O_TMPFILE`` is not supported, a file system reporting 0 blocks (procfs, sysfs) is refused.
+    """
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return "is not writable"
+    tmpfile = getattr(os, "O_TMPFILE", None)
+    if tmpfile is None:
+        return None
+    try:
+        os.close(os.open(directory, tmpfile | os.O_WRONLY, 0o600))
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):   # no O_TMPFILE here
+            try:
+                return "cannot hold files (a pseudo file system)" if os.statvfs(directory).f_blocks == 0 else None
+            except OSError:
+                return None
+        return f"is not writable ({os.strerror(exc.errno) if exc.errno else exc})"
+    return None
+
+
+def check_writable(path: str | os.PathLike, field: str) -> Path:
+    """Check, before any work, that the file ``path`` can be written; returns it as a Path.
+
+    Its directory must exist and accept new files, and ``path`` must not be a directory.
+    Nothing is created and an existing file is not touched. Raises OutputPathError naming
+    ``field`` (e.g. ``--mask-out``).
+    """
+    target = Path(path)
+    parent = target.parent
+    if target.is_dir():
+        raise OutputPathError(f"`{field}` '{target}' is a directory; give a file name")
+    if not parent.exists():
+        raise OutputPathError(f"`{field}` '{target}': directory '{parent}' does not exist")
+    if not parent.is_dir():
+        raise OutputPathError(f"`{field}` '{target}': '{parent}' is not a directory")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise OutputPathError(f"`{field}` '{target}' exists and is not writable")
+    why = _dir_refuses_files(parent)
+    if why:
+        raise OutputPathError(f"`{field}` '{target}': directory '{parent}' {why}")
+    return target
+
+
+def check_writable_dir(path: str | os.PathLike, field: str) -> Path:
+    """Check that the output folder ``path`` exists and accepts files, or can be created
+    (its nearest existing ancestor is a directory that accepts files). Creates nothing."""
+    target = Path(path)
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        what = f"'{target}'" if probe == target else f"'{target}': '{probe}'"
+        raise OutputPathError(f"`{field}` {what} is not a directory")
+    why = _dir_refuses_files(probe)
+    if why:
+        where = f"'{target}'" if probe == target else f"'{target}': directory '{probe}'"
+        raise OutputPathError(f"`{field}` {where} {why}")
+    return target
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None (JSON has no such numbers),
+    recursively through dicts, lists and tuples, so that ``json.dumps(..., allow_nan=False)`` works."""
+    if isinstance(value, float) or isinstance(value, np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def _read_header(raw: np.ndarray, where: str) -> dict[str, Any]:
     try:
         header = json.loads(raw.tobytes().decode())
@@ -73,6 +151,15 @@ def load_instance(path: str | os.PathLike) -> PruningInstance:
     if path.is_dir():
         raise InstanceFileError(f"{where} is a directory, not an .npz file")
     try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except OSError as exc:
+        raise InstanceFileError(f"{where} cannot be read ({exc.strerror or exc})") from None
+    if head.startswith(b"\x93NUMPY"):
+        raise InstanceFileError(f"{where} is a single .npy array, not an .npz archive")
+    if not head.startswith(b"PK"):
+        raise InstanceFileError(f"{where} is not an .npz archive (no zip signature)")
+    try:
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in _ARRAYS if k not in data.files]
             if missing:
@@ -80,7 +167,12 @@ def load_instance(path: str | os.PathLike) -> PruningInstance:
             arrays = {k: data[k] for k in _ARRAYS}
     except FalconError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, zipfile.LargeZipFile) as exc:
+    except ValueError as exc:
+        if "pickle" in str(exc):    # numpy's own message suggests allow_pickle: never wanted here
+            raise InstanceFileError(f"{where}: an array holds Python objects (pickled data); "
+                                    "instance arrays are plain numbers") from None
+        raise InstanceFileError(f"{where} is truncated or corrupt (ValueError: {exc})") from None
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, zipfile.LargeZipFile) as exc:
         raise InstanceFileError(f"{where} is truncated or corrupt ({type(exc).__name__}: {exc})") from None
     header = _read_header(arrays["header"], where)
     costs = arrays["costs"]

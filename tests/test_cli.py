@@ -68,7 +68,7 @@ def test_corrupt_file_via_subprocess(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
-    assert "is truncated or corrupt" in proc.stderr
+    assert "is not an .npz archive (no zip signature)" in proc.stderr
 
 
 def test_import_is_light():

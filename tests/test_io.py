@@ -65,7 +65,7 @@ def test_truncated(tmp_path):
 def test_garbage(tmp_path):
     path = tmp_path / "g.npz"
     path.write_bytes(b"not a zip file at all")
-    with pytest.raises(InstanceFileError, match=r"is truncated or corrupt"):
+    with pytest.raises(InstanceFileError, match=r"is not an \.npz archive \(no zip signature\)$"):
         load_instance(path)
 
 

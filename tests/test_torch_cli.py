@@ -63,7 +63,7 @@ def test_export_checkpoint_and_random_data(tmp_path, capsys):
     (["--arch", "mnist_cnn", "--checkpoint", "{bad_shape}"], r"checkpoint '.*shape\.pt' does not match MNISTCNN: key 'fc2\.weight' has shape \(9, 64\) in the checkpoint but \(10, 64\) in the model"),
     (["--arch", "mnist_cnn", "--checkpoint", "{extra}"], r"checkpoint '.*extra\.pt' does not match MNISTCNN: unexpected key 'head\.weight'"),
     (["--arch", "mnist_cnn", "--checkpoint", "{tmp}/none.pt"], r"checkpoint '.*none\.pt' does not exist"),
-    (["--arch", "mnist_cnn", "--checkpoint", "{junk}"], r"checkpoint '.*junk\.pt' cannot be read as a PyTorch state_dict"),
+    (["--arch", "mnist_cnn", "--checkpoint", "{junk}"], r"checkpoint '.*junk\.pt' is not a PyTorch checkpoint \(neither a torch.save zip archive nor a pickle\)$"),
     (["--arch", "mnist_cnn", "--checkpoint", "{ckpt}", "--random-init"], r"give `--checkpoint` or `--random-init`, not both"),
     (["--arch", "resnet20", "--random-init", "--importance", "obs"], r"importance 'obs' needs calibration data for arch 'resnet20': pass --data"),
     (["--arch", "mnist_mlp", "--importance", "obs", "--data", "{mnist}"], r"`--data` directory '.*mnist' holds no training data \(MNIST train-images-idx3-ubyte\[\.gz\] or CIFAR-10 data_batch_\*\); test sets are never used for calibration"),

@@ -179,6 +179,8 @@ def _report_only(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io import check_writable_dir
+    check_writable_dir(args.out or "bench-out", "--out")     # before any work
     if args.report_only:
         return _report_only(args)
     repeat = _positive_int(args.repeat, "--repeat")

@@ -21,6 +21,8 @@ Module names follow the torchvision convention where one exists (``layer1.0.conv
 from __future__ import annotations
 
 import os
+import warnings
+import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable, Mapping
@@ -285,6 +287,32 @@ def example_input(name: str, batch: int = 1, device: str | torch.device | None =
 
 
 # ----------------------------------------------------------------------------- checkpoints
+def _load_failure(source: str | os.PathLike, head: bytes, exc: Exception) -> str:
+    """Why torch.load (weights only) refused a file, in words that never advise unsafe loading."""
+    import pickle
+    if head == b"PK" and not zipfile.is_zipfile(source):
+        return "is a truncated or corrupt torch.save archive"
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+        return ("is not a state_dict of tensors (it holds other pickled Python objects, e.g. a "
+                "whole model); save model.state_dict() and load that")
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"is truncated or corrupt ({msg})"
+
+
+def check_finite(model: nn.Module, state: Mapping[str, Any], where: str = "checkpoint") -> None:
+    """Raise DataFileError naming the first floating tensor of ``state`` with a NaN or infinity."""
+    params = {k for k, _ in model.named_parameters()}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            bad = ~torch.isfinite(value)
+            if bool(bad.any()):
+                idx = tuple(int(i) for i in torch.nonzero(bad)[0])
+                what = "NaN" if bool(torch.isnan(value).any()) else "an infinite value"
+                kind = "parameter" if key in params else "tensor"
+                raise DataFileError(f"{where}: {kind} '{key}' has {what} (first non-finite entry "
+                                    f"at index {idx})")
+
+
 def _read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
     if isinstance(source, Mapping):
         state, where = source, "checkpoint"
@@ -292,11 +320,21 @@ def _read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> tuple[Map
         where = f"checkpoint '{os.fspath(source)}'"
         if not os.path.exists(source):
             raise DataFileError(f"{where} does not exist")
+        if os.path.isdir(source):
+            raise DataFileError(f"{where} is a directory, not a checkpoint file")
+        with open(source, "rb") as fh:
+            head = fh.read(2)
+        if not head:
+            raise DataFileError(f"{where} is empty")
+        if not (head == b"PK" or head[:1] == b"\x80"):   # torch.save zip archive / legacy pickle
+            raise DataFileError(f"{where} is not a PyTorch checkpoint (neither a torch.save zip "
+                                "archive nor a pickle)")
         try:
-            state = torch.load(source, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():   # the weights-only unpickler warns about protocols
+                warnings.filterwarnings("ignore", category=UserWarning)
+                state = torch.load(source, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle, zip and format errors of any kind
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DataFileError(f"{where} cannot be read as a PyTorch state_dict ({msg})") from None
+            raise DataFileError(f"{where} {_load_failure(source, head, exc)}") from None
     for key in ("state_dict", "model_state_dict", "model"):  # common wrappers
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
@@ -329,12 +367,14 @@ def check_checkpoint(model: nn.Module, state: Mapping[str, Any], where: str = "c
 def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, Any]) -> nn.Module:
     """Load a state_dict (file or mapping; ``{'state_dict': ...}`` wrappers accepted) strictly.
 
-    Every key and shape is checked first; the error names the first mismatching key. The
+    Every key and shape is checked first; the error names the first mismatching key; a tensor
+    holding NaN or an infinity is refused (DataFileError naming it). The
     model must not carry masks (load before :func:`falcon_milp.torch.masks.apply_mask`).
     Returns the model.
     """
     state, where = _read_state_dict(source)
     check_checkpoint(model, state, where)
+    check_finite(model, state, where)
     model.load_state_dict(state, strict=True)
     return model
 

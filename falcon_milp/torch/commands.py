@@ -81,6 +81,10 @@ def _load_data(spec: str | None, arch: str, n: int, seed: int) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Build the model, score it, write the instance; print one summary line."""
+    from ..io import check_writable
+
+    output = args.output if args.output.endswith(".npz") else args.output + ".npz"   # as save_instance
+    check_writable(output, "--output")            # before torch is even imported
     import numpy as np
 
     from ..io import save_instance

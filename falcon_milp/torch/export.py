@@ -4,11 +4,11 @@ One group per prunable weight tensor, named by the module's qualified name, in m
 importances from a scorer of :mod:`falcon_milp.torch.importance`; FLOP cost per weight from
 :func:`falcon_milp.torch.flops.prunable_layers` (MACs per input example). Budgets are
 absolute (``max_nnz`` weights, ``max_flops`` MACs; None = no budget) or fractions of the dense
-totals (``nnz_fraction``: S = floor(fraction * p); ``flops_fraction``: F = fraction * dense MACs).
+totals (``nnz_fraction``: S = floor(fraction * p), exact; ``flops_fraction``: F = fraction * dense
+MACs), by the one shared rule :func:`falcon_milp.instance.budgets_from_fractions`.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..instance import PruningInstance
-from . import OptionError
+from ..instance import budgets_from_fractions as core_budgets
+from . import ModelError, OptionError
 from .flops import PrunableLayer, dense_flops, dense_nnz, flops_vector, group_sizes, prunable_layers
 from .importance import Importance, get_importance
 
@@ -37,12 +38,11 @@ def check_fraction(value: Any, field: str) -> float | None:
 
 def budgets_from_fractions(layers: Sequence[PrunableLayer], nnz_fraction: float | None = None,
                            flops_fraction: float | None = None) -> tuple[int | None, float | None]:
-    """(max_nnz, max_flops) from fractions of the dense totals (None stays None)."""
+    """(max_nnz, max_flops) from fractions of the dense totals (None stays None); see
+    :func:`falcon_milp.instance.budgets_from_fractions`."""
     nf = check_fraction(nnz_fraction, "nnz_fraction")
     ff = check_fraction(flops_fraction, "flops_fraction")
-    max_nnz = None if nf is None else int(math.floor(nf * dense_nnz(layers)))
-    max_flops = None if ff is None else ff * float(dense_flops(layers))
-    return max_nnz, max_flops
+    return core_budgets(dense_nnz(layers), float(dense_flops(layers)), nf, ff)
 
 
 def _input_shape(example_input: Any) -> list[Any]:
@@ -81,6 +81,9 @@ def export_instance(model: nn.Module, example_input: Any, importance: str | Impo
         raise OptionError(f"`dtype` must be float32 or float64; got {np.dtype(dtype)}")
     if layers is None:
         layers = prunable_layers(model, example_input, include)
+    for layer in layers:       # else the scores' NaN would be blamed on `importances`
+        if not bool(torch.isfinite(layer.weight.detach()).all()):
+            raise ModelError(f"model parameter '{layer.name}.{layer.param_name}' has NaN or infinite values")
     frac_nnz, frac_flops = budgets_from_fractions(layers, nnz_fraction, flops_fraction)
     max_nnz = frac_nnz if nnz_fraction is not None else max_nnz
     max_flops = frac_flops if flops_fraction is not None else max_flops
