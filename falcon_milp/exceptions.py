@@ -36,3 +36,8 @@ class SolverRegistrationError(FalconError, ValueError):
 
 class SolverUnavailableError(FalconError, RuntimeError):
     """A solver cannot take this instance (too large, missing dependency)."""
+
+
+class CertificateError(FalconError, RuntimeError):
+    """A solver produced an inconsistent certificate (a bound below the mask's own objective):
+    an internal error, raised instead of returning a result that could lie."""

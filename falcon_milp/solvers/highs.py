@@ -36,11 +36,14 @@ layer some single steps are quadratic in the layer size and never look at the cl
   50 s for a 20 s limit; ResNet20 shape (268,336) not back after 120 s for a 10 s limit.
   ``presolve="off"`` or switching the parallel rule off (``presolve_rule_off`` bit 13) does not
   help: the root LP presolve still runs and the rounding then overruns more (11 s for 0.5 s).
-  The MILP options are therefore unchanged: their limit holds within about a second on 20,000
-  weights in 20 layers (1.07x at a 3 s limit), the overrun grows with the square of the layer
-  size, and above about 10^5 weights it is minutes (the benchmark suite caps ``highs-ilp`` at
-  30,000 weights for this reason). A hard limit there would need HiGHS run in a child process
-  that is killed (not done). ``extra["solve_s"]`` reports HiGHS's own share.
+  The MILP options are therefore unchanged and the limit is made hard from outside: every
+  HiGHS run goes to a forked child process (:mod:`.isolated`) killed
+  :data:`KILL_GRACE_S` after the call's deadline; the highspy backend streams each improving
+  incumbent (with the dual bound of that moment) to the parent, which returns the last one
+  after a kill (``extra["killed"]``; the Pyomo backend has no such hook: no solution). Ctrl-C
+  reaches the parent within 0.1 s, kills the child and raises KeyboardInterrupt. Measured with
+  ``benchmarks/bench_time_limits.py`` (docs/reliability.md). ``extra["solve_s"]`` reports
+  HiGHS's own share.
 
 Bounds: MILPs report HiGHS's ``mip_dual_bound``. The LP reports the Lagrangian value
 ``y.b + sum_j max(0, c_j - (A^T y)_j) * u_j`` at the row duals y >= 0 HiGHS returns: an upper

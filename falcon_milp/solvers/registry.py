@@ -6,9 +6,11 @@ pulls in neither pyomo nor highspy). ``solve`` validates the options, times the 
 re-checks the mask exactly (:func:`falcon_milp.result.check_mask`), recomputes the objective
 from the mask and derives gap and status from the certificate alone:
 
-    status = optimal   if the mask is feasible and gap <= max(rel_gap, OPTIMALITY_TOL)
-             feasible  if the mask is feasible
-             infeasible if it breaks a budget (only FLOP-unaware baselines may return this)
+    status = optimal   if the mask is feasible and gap <= OPTIMALITY_TOL (proven)
+             feasible  if the mask is feasible (termination "gap_limit" when gap <= rel_gap)
+             infeasible if it breaks a budget (only FLOP-unaware baselines; gap = inf)
+
+A bound below the mask's own objective raises :class:`CertificateError` (never returned).
 """
 from __future__ import annotations
 
@@ -21,13 +23,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..exceptions import (SolverOptionError, SolverRegistrationError, SolverUnavailableError,
+from ..exceptions import (CertificateError, SolverOptionError, SolverRegistrationError, SolverUnavailableError,
                           UnknownSolverError)
 from ..instance import PruningInstance
 from ..result import SolveResult, check_mask, mask_objective, relative_gap
 
 OPTIMALITY_TOL = 1e-9
 """A result whose certified relative gap is at most this is reported ``optimal``."""
+CERTIFICATE_TOL = 1e-9
+"""A bound below the mask's objective by more than this (relative) is an internal error."""
 
 
 @dataclass
@@ -240,13 +244,21 @@ def finish(instance: PruningInstance, spec: SolverSpec, raw: RawSolution, runtim
     objective = mask_objective(instance, mask)
     usage = {n: float(u) for n, u in zip(instance.resource_names, check.usage)}
     bound = float(raw.bound)
-    gap = relative_gap(objective, bound)
-    if not check.feasible:
-        status = "infeasible"
+    termination = raw.termination
+    if not check.feasible:       # a budget-breaking mask (FLOP-unaware baselines): no gap to speak of
+        status, gap = "infeasible", math.inf
         extra["violation"] = check.violations(instance.resource_names)
-    elif gap <= max(options.get("rel_gap") or 0.0, OPTIMALITY_TOL):
-        status = "optimal"
     else:
-        status = "feasible"
-    return SolveResult(mask, objective, bound, gap, status, raw.termination, runtime, spec.name,
+        if bound < objective - CERTIFICATE_TOL * max(1.0, abs(objective)):
+            raise CertificateError(
+                f"solver '{spec.name}' returned bound {bound!r} below its mask's objective "
+                f"{objective!r}: an internal error (please report it)")
+        gap = relative_gap(objective, bound)
+        if gap <= OPTIMALITY_TOL:
+            status = "optimal"
+        else:
+            status = "feasible"
+            if gap <= (options.get("rel_gap") or 0.0) and termination in ("optimal", "heuristic"):
+                termination = "gap_limit"   # proven within the requested gap, not optimal
+    return SolveResult(mask, objective, bound, gap, status, termination, runtime, spec.name,
                        usage, options, extra)

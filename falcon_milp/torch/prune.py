@@ -53,6 +53,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..instance import nnz_from_fraction
 from . import OptionError
 from .backsolve import backsolve
 from .batchnorm import has_batchnorm, recalibrate_batchnorm
@@ -347,7 +348,7 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
     bn_inputs = calib[0][:1024] if bn_on and calib[0].shape[0] >= 2 else None
 
     def budgets(nnz_frac: float | None, flops_frac: float | None) -> tuple[int | None, float | None]:
-        s = None if nnz_frac is None else int(math.floor(nnz_frac * p + 1e-9))
+        s = None if nnz_frac is None else nnz_from_fraction(nnz_frac, p)
         f = None if flops_frac is None else flops_frac * dense_f
         return s, f
 
