@@ -150,7 +150,10 @@ def test_sigint_to_a_parallel_run_keeps_valid_records(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "falcon_milp", "bench", "--suite", *SOME_TINY, "--solvers",
            "magnitude,ratio-greedy", "--repeat", "400", "--jobs", "2", "--out", str(out), "--quiet",
            "--no-plots"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT handled as in a terminal even when the suite itself runs as a background job
+    # (which starts with SIGINT ignored, and a child would inherit that)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     results = out / "results.jsonl"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -58,3 +58,31 @@ def test_every_solver_status_and_termination_agree(solver: str) -> None:
     else:
         assert r.status == "feasible" and r.gap > 1e-9
         assert r.termination != "optimal"
+
+
+def _dantzig_exact(inst: PruningInstance, r: int):
+    """The fractional-knapsack bound of row r in exact rational arithmetic."""
+    from fractions import Fraction
+    budget = Fraction(float(inst.budgets[r]))
+    cost = [Fraction(float(c)) for c in inst.weight_costs(r)]
+    imp = [Fraction(float(v)) for v in inst.importance]
+    total = sum((v for v, c in zip(imp, cost) if c == 0), Fraction(0))
+    items = sorted(((v / c, v, c) for v, c in zip(imp, cost) if c > 0), key=lambda t: -t[0])
+    for ratio, v, c in items:
+        take = min(Fraction(1), budget / c) if budget > 0 else Fraction(0)
+        total += take * v
+        budget -= take * c
+    return total
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_greedy_bounds_are_never_below_their_exact_value(seed: int) -> None:
+    """The float bounds carry a rounding margin: each >= the same bound in rational arithmetic."""
+    from fractions import Fraction
+    from falcon_milp.solvers.greedy import knapsack_bound, top_s_bound
+    from falcon_milp.synthetic import random_layered
+    inst = random_layered(3000, 6, seed=seed, nnz_fraction=0.3, flops_fraction=0.2)
+    assert Fraction(knapsack_bound(inst, 1)) >= _dantzig_exact(inst, 1)
+    s = int(inst.max_nnz)
+    exact_top = sum(sorted((Fraction(float(v)) for v in inst.importance), reverse=True)[:s], Fraction(0))
+    assert Fraction(top_s_bound(inst)) >= exact_top

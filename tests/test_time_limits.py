@@ -117,3 +117,25 @@ def test_exact_node_limit_keeps_a_finished_proof() -> None:
     capped = solve(inst, "exact", max_nodes=nodes + 1)
     assert capped.termination == "optimal" and capped.status == "optimal"
     assert capped.objective == free.objective
+
+
+def test_ctrl_c_stops_the_cli_inside_a_highs_solve(tmp_path) -> None:
+    """SIGINT while HiGHS is inside a long step: exit 130, one line, within seconds."""
+    import signal
+    import subprocess
+    import sys
+    from falcon_milp import save_instance
+    from falcon_milp.synthetic import arch_instance
+    path = tmp_path / "r20.npz"
+    save_instance(arch_instance("resnet20", 0.3, 0.2), path)
+    proc = subprocess.Popen([sys.executable, "-m", "falcon_milp", "solve", str(path), "--solver", "highs-ilp"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(4.0)                      # imports, loading, model building: HiGHS is running by now
+    assert proc.poll() is None, "the solve ended before it could be interrupted"
+    t = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert time.perf_counter() - t < 10
+    assert proc.returncode == 130
+    assert err.strip() == "falcon-milp solve: interrupted"

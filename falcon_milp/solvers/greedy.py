@@ -34,12 +34,23 @@ def top_s_bound(instance: PruningInstance) -> float:
     s = min(instance.max_nnz, imp.size)
     if s == 0:
         return 0.0
-    part = np.partition(imp, imp.size - s)[imp.size - s:]
-    return float(np.sum(part, dtype=np.float64))
+    part = np.partition(imp, imp.size - s)[imp.size - s:].astype(np.float64)
+    return float(np.sum(part)) + sum_margin(part.size, float(np.abs(part).sum()))
+
+
+EPS = float(np.finfo(np.float64).eps)
+
+
+def sum_margin(n: int, abs_sum: float) -> float:
+    """Upper bound on the rounding error of numpy's float64 sum of n terms whose absolute values
+    add to ``abs_sum`` (pairwise summation over blocks of up to 128 sequential terms), plus a
+    few roundings of the code around it."""
+    return (128 + math.ceil(math.log2(n + 1)) + 8) * EPS * abs_sum
 
 
 def knapsack_bound(instance: PruningInstance, resource: int) -> float:
-    """Fractional-knapsack (Dantzig) bound for one resource row alone."""
+    """Fractional-knapsack (Dantzig) bound for one resource row alone, with a margin that covers
+    the float rounding of its sums (the ratio order is exact up to ties, which do not change it)."""
     budget = float(instance.budgets[resource])
     if math.isinf(budget):
         return math.inf
@@ -52,11 +63,14 @@ def knapsack_bound(instance: PruningInstance, resource: int) -> float:
     csum = np.cumsum(c[order])
     n_full = int(np.searchsorted(csum, budget, side="right"))
     total += float(v[order[:n_full]].sum())
+    slack = 0.0
     if n_full < order.size:
         used = float(csum[n_full - 1]) if n_full else 0.0
         j = order[n_full]
         total += float(v[j]) * max(0.0, budget - used) / float(c[j])
-    return total
+        # the running cost sum is off by at most n eps |used|: the fractional item's share too
+        slack = float(v[j]) / float(c[j]) * (order.size + 2) * EPS * (abs(used) + abs(budget))
+    return total + sum_margin(imp.size, float(np.abs(imp).sum())) + slack
 
 
 def solve_magnitude(instance: PruningInstance, *, time_limit=None, rel_gap=0.0, threads=None) -> RawSolution:

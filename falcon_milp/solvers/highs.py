@@ -542,7 +542,8 @@ def solve_lp(instance: PruningInstance, *, time_limit: float | None = None, rel_
 
 
 def lagrangian_bound(arrays: dict[str, np.ndarray], y: np.ndarray) -> float:
-    """max c.x s.t. A x <= b, 0 <= x <= u is at most y.b + sum_j max(0, c_j - (A^T y)_j) u_j, any y >= 0."""
+    """max c.x s.t. A x <= b, 0 <= x <= u is at most y.b + sum_j max(0, c_j - (A^T y)_j) u_j, any
+    y >= 0; returned with a margin that covers the float rounding of its evaluation."""
     y = np.maximum(np.asarray(y, dtype=np.float64), 0.0)
     if np.any(np.isfinite(arrays["row_lower"])) or np.any(arrays["lower"] != 0):
         raise ValueError("lagrangian_bound needs rows A x <= b and columns 0 <= x <= u")
@@ -550,4 +551,10 @@ def lagrangian_bound(arrays: dict[str, np.ndarray], y: np.ndarray) -> float:
     counts = np.diff(arrays["indptr"])
     aty = np.bincount(arrays["indices"], weights=arrays["data"] * np.repeat(y, counts), minlength=n)
     reduced = np.maximum(arrays["cost"] - aty, 0.0)
-    return float(np.dot(y, arrays["row_upper"]) + np.dot(reduced, arrays["upper"]))
+    value = float(np.dot(y, arrays["row_upper"]) + np.dot(reduced, arrays["upper"]))
+    # rounding margin: every sum and product above has n + R + 4 roundings at most, each
+    # bounded by eps times the magnitudes that enter it
+    aty_abs = np.bincount(arrays["indices"], weights=np.abs(arrays["data"]) * np.repeat(y, counts), minlength=n)
+    scale = float(np.dot(np.abs(y), np.abs(arrays["row_upper"])) +
+                  np.dot(np.abs(arrays["cost"]) + aty_abs, np.abs(arrays["upper"])))
+    return value + (n + y.size + 4) * np.finfo(np.float64).eps * scale
