@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench-scaling
+.PHONY: demo test venv clean bench-scaling fuzz
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -23,6 +23,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
+
+FUZZ_SECONDS ?= 600
+# coverage-guided fuzzing of load_instance and the CLI's info/solve (atheris); findings -> fuzz/findings/
+fuzz: $(STAMP)
+	$(PY) -m pip install -q atheris
+	$(PY) fuzz/fuzz_instance.py fuzz/corpus -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -artifact_prefix=fuzz/findings/
 
 clean:
 	rm -rf $(VENV) bench-out

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,8 @@ def load_instance(path: str | os.PathLike) -> PruningInstance:
             raise InstanceFileError(f"{where}: an array holds Python objects (pickled data); "
                                     "instance arrays are plain numbers") from None
         raise InstanceFileError(f"{where} is truncated or corrupt (ValueError: {exc})") from None
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError, zipfile.LargeZipFile) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, zipfile.LargeZipFile, zlib.error,
+            NotImplementedError, RuntimeError) as exc:   # zlib: a corrupt deflate stream (fuzzing)
         raise InstanceFileError(f"{where} is truncated or corrupt ({type(exc).__name__}: {exc})") from None
     header = _read_header(arrays["header"], where)
     costs = arrays["costs"]

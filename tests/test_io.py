@@ -123,3 +123,17 @@ def test_unserialisable_metadata(tmp_path):
     with pytest.raises(InstanceFileError, match=r"`metadata` must be JSON-serialisable"):
         save_instance(inst, tmp_path / "x.npz")
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_fuzz_findings_give_one_line_errors() -> None:
+    """Inputs the fuzzer (fuzz/fuzz_instance.py) found: each a one-line InstanceFileError now."""
+    from pathlib import Path
+    import pytest
+    from falcon_milp import load_instance
+    from falcon_milp.exceptions import InstanceFileError
+    findings = sorted((Path(__file__).resolve().parents[1] / "fuzz" / "findings").glob("crash-*"))
+    assert findings, "the committed findings are missing"
+    for f in findings:
+        with pytest.raises(InstanceFileError) as info:
+            load_instance(f)
+        assert "\n" not in str(info.value) and "corrupt" in str(info.value)
