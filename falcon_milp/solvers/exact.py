@@ -624,16 +624,12 @@ def _windowed_milp(core: Core, k_start: np.ndarray, deadline: float | None
              "integrality": np.concatenate([np.ones(C), np.zeros(C)]).astype(np.int32),
              "start": np.asarray([float(v) for v in k_start]
                                  + [float(w.value[k_start[c] - w.lo]) for c, w in enumerate(W)])}
-    from .highs import ISOLATE
-    from .isolated import can_isolate, run_isolated
-    if ISOLATE and can_isolate():    # HiGHS in a child process: a hard deadline and Ctrl-C
-        got = run_isolated(_run_windowed, (model, deadline, True), deadline)
-        if got.killed:
-            return k_start.copy(), {"status": "time_limit", "highs_nodes": 0, "dual_bound": math.inf,
-                                    "killed": True}
-        run = got.value
-    else:
-        run = _run_windowed(model, deadline)
+    from .highs import run_highs
+    got = run_highs(_run_windowed, (model, deadline), deadline)   # a hard deadline and Ctrl-C
+    if got.killed:
+        return k_start.copy(), {"status": "time_limit", "highs_nodes": 0, "dual_bound": math.inf,
+                                "killed": True}
+    run = got.value
     out = {"status": run["status"], "highs_nodes": run["nodes"], "dual_bound": run["dual_bound"]}
     if run["values"] is None:
         return k_start.copy(), {**out, "status": out["status"] if out["status"] != "optimal" else "no_solution"}
@@ -646,14 +642,11 @@ def _windowed_milp(core: Core, k_start: np.ndarray, deadline: float | None
     return k, out
 
 
-def _run_windowed(model: dict[str, Any], deadline: float | None, in_child: bool = False,
-                  report: Any = None) -> dict[str, Any]:
-    """Solve the windowed MILP arrays of :func:`_windowed_milp` with HiGHS (in a child process
-    when ``in_child``): status ("optimal" or HiGHS's status name), nodes, dual bound, values."""
+def _run_windowed(model: dict[str, Any], deadline: float | None, report: Any = None) -> dict[str, Any]:
+    """Solve the windowed MILP arrays of :func:`_windowed_milp` with HiGHS: status ("optimal"
+    or HiGHS's status name), nodes, dual bound, column values."""
     import highspy
-    from .highs import _new_highs, fresh_scheduler
-    if in_child:
-        fresh_scheduler()
+    from .highs import _new_highs
     h = _new_highs()
     for key, val in (("mip_rel_gap", 0.0), ("mip_abs_gap", 0.0), ("random_seed", 0),
                      ("mip_feasibility_tolerance", 1e-9)):

@@ -77,7 +77,7 @@ from ..formulations import build_spec, counts_to_mask
 from ..formulations.spec import LinearSpec, to_pyomo
 from ..instance import PruningInstance
 from ..result import check_mask
-from .isolated import can_isolate, run_isolated
+from .isolated import IsolatedRun, can_isolate, run_isolated
 from .registry import RawSolution
 
 log = logging.getLogger(__name__)
@@ -361,10 +361,15 @@ def fresh_scheduler() -> None:
     _import_highspy().Highs.resetGlobalScheduler(False)
 
 
-def _run_in_child(spec: LinearSpec, backend: str, opts: dict[str, Any], model_s: float,
-                  report: Callable[[Any], None] | None = None) -> HighsRun:
-    fresh_scheduler()
-    return _run_here(spec, backend, opts, model_s, report)
+def run_highs(target: Callable[..., Any], args: tuple, deadline: float | None) -> IsolatedRun:
+    """``target(*args, report=...)``, a function that runs HiGHS, in a forked child killed at
+    ``deadline`` (:func:`.isolated.run_isolated`, HiGHS's thread pool rebuilt there first); in
+    this process where no child can be started or ``ISOLATE`` is False."""
+    if not ISOLATE or not can_isolate():
+        t = time.perf_counter()
+        value = target(*args)
+        return IsolatedRun(value, None, False, time.perf_counter() - t)
+    return run_isolated(target, args, deadline, child_init=fresh_scheduler)
 
 
 def _run(spec: LinearSpec, backend: str, opts: dict[str, Any], model_s: float,
@@ -375,10 +380,8 @@ def _run(spec: LinearSpec, backend: str, opts: dict[str, Any], model_s: float,
     incumbent HiGHS reported (highspy backend) comes back with the dual bound of that moment."""
     if backend == "auto":
         backend = "highspy" if spec.kind == "lp" or spec.nnz > PYOMO_MAX_NNZ else "pyomo"
-    if not ISOLATE or not can_isolate():
-        return _run_here(spec, backend, opts, model_s)
     kill_at = None if deadline is None else deadline + KILL_GRACE_S
-    got = run_isolated(_run_in_child, (spec, backend, opts, model_s), kill_at)
+    got = run_highs(_run_here, (spec, backend, opts, model_s), kill_at)
     if not got.killed:
         return got.value
     inc: Incumbent | None = got.partial

@@ -48,13 +48,16 @@ def can_isolate() -> bool:
     return not mp.current_process().daemon and "fork" in mp.get_all_start_methods()
 
 
-def _child(conn: Any, target: Callable[..., Any], args: tuple) -> None:
+def _child(conn: Any, target: Callable[..., Any], args: tuple,
+           child_init: Callable[[], None] | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def report(obj: Any) -> None:
         conn.send(("partial", obj))
 
     try:
+        if child_init is not None:
+            child_init()
         value = target(*args, report=report)
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
         conn.send(("error", (type(exc), str(exc), traceback.format_exc())))
@@ -64,15 +67,16 @@ def _child(conn: Any, target: Callable[..., Any], args: tuple) -> None:
         conn.close()
 
 
-def run_isolated(target: Callable[..., Any], args: tuple, deadline: float | None) -> IsolatedRun:
-    """Run ``target(*args, report=...)`` in a child; kill it at ``deadline`` (perf_counter
-    seconds; None = never). Exceptions raised by the target are re-raised here with their type
+def run_isolated(target: Callable[..., Any], args: tuple, deadline: float | None,
+                 child_init: Callable[[], None] | None = None) -> IsolatedRun:
+    """Run ``target(*args, report=...)`` in a child (after ``child_init()`` there); kill it at
+    ``deadline`` (perf_counter seconds; None = never). Exceptions raised by the target are re-raised here with their type
     when it can be rebuilt from the message (else :class:`RuntimeError`)."""
     start = time.perf_counter()
     try:
         ctx = mp.get_context("fork")
         recv, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_child, args=(send, target, args), daemon=True)
+        proc = ctx.Process(target=_child, args=(send, target, args, child_init), daemon=True)
         proc.start()
     except (OSError, ValueError) as exc:
         raise SolverUnavailableError(f"cannot start a solver process: {exc}") from None
