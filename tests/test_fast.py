@@ -37,7 +37,8 @@ def lp_optimum(inst, budgets=None):
     """The per-weight LP relaxation solved by SciPy/HiGHS (reference)."""
     A = np.vstack([inst.weight_costs(r) for r in range(inst.n_resources)])
     b = np.array([float(x) for x in (inst.budgets if budgets is None else budgets)])
-    res = linprog(-inst.importance.astype(float), A_ub=A, b_ub=b, bounds=(0, 1), method="highs")
+    res = linprog(-inst.importance.astype(float), A_ub=A, b_ub=b, bounds=(0, 1), method="highs",
+                  options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10})
     assert res.status == 0
     return -res.fun
 
