@@ -186,7 +186,10 @@ def report(recs: list[dict], meta: dict, out: Path, img: Path) -> None:
              "schedule from 70% kept. Cells: mean ± sample standard deviation of the test accuracy (%) over "
              "calibration seeds 0, 1, 2 (FALCON++: seed 0 only except MLPNet at 2%, and on the CNNs only at "
              "5-20% FLOPs, for time; ablation: seeds 0, 1); `magnitude` uses no data (one run). "
-             "`[kx fallback]`: the safeguard returned FLOP-aware magnitude in k runs.", "",
+             "`[kx fallback]`: the safeguard returned FLOP-aware magnitude in k runs. `layer-reconstruction` "
+             "(defaults: fisher-weighted errors, sequential re-fit, 48 kept-count levels per layer, damp 1e-2, "
+             "all 4,500 non-validation images as layer inputs; math in docs/pruning.md) has no gradient "
+             "sample size or ridge grid.", "",
              "![results](img/results.png)", ""]
     # MLPNet
     mlp = _sel(recs, group="mlp")
