@@ -215,12 +215,20 @@ def _start_client(config: ExecutorConfig) -> tuple[Any, Any, bool]:
             raise ExecutorError(f"`--scheduler`: cannot connect to the dask scheduler at "
                                 f"{config.scheduler!r} ({one_line(exc)})") from None
     import importlib.util
-    dashboard = ":0" if importlib.util.find_spec("bokeh") is not None else None
-    cluster = distributed.LocalCluster(n_workers=config.workers or available_cores(), threads_per_worker=1,
-                                       processes=True, dashboard_address=dashboard,
-                                       silence_logs=logging.ERROR, preload=[__name__])
+
+    import dask
+    dashboard = importlib.util.find_spec("bokeh") is not None
+    # dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536; that fixed threshold also
+    # stops glibc's dynamic mmap threshold, so every large torch / numpy buffer is mapped and
+    # unmapped anew: pruning runs took twice as long (six times the system time) on this
+    # project's machine. The workers started here keep glibc's defaults (unless the
+    # environment sets the variable, which they inherit).
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        cluster = distributed.LocalCluster(n_workers=config.workers or available_cores(), threads_per_worker=1,
+                                           processes=True, dashboard_address=":0",
+                                           silence_logs=logging.ERROR, preload=[__name__])
     try:
-        return distributed.Client(cluster), cluster, dashboard is not None
+        return distributed.Client(cluster), cluster, dashboard
     except BaseException:
         cluster.close()
         raise
