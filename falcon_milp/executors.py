@@ -205,6 +205,18 @@ def _import_dask() -> Any:
     return distributed
 
 
+class _SyncCancelFilter(logging.Filter):
+    """Drops tornado's log of ``distributed.utils.sync``'s ``cancel`` callback failing: a
+    Ctrl-C that lands before a synchronous client call has started makes that callback read
+    a variable not yet bound (a NameError, logged with a traceback); nothing was running."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "sync.<locals>.cancel" not in record.getMessage()
+
+
+_SYNC_CANCEL_FILTER = _SyncCancelFilter()
+
+
 def _start_client(config: ExecutorConfig) -> tuple[Any, Any, bool]:
     """(client, cluster started here or None, whether it has a dashboard)."""
     distributed = _import_dask()
@@ -238,6 +250,9 @@ def _run_dask(fn: Callable[[Any], Any], items: Sequence[Any], config: ExecutorCo
               on_result: Callable[[Any], None], on_lost: Callable[[Any, str], Any] | None,
               on_start: Callable[[str], None] | None, name: str) -> int:
     distributed = _import_dask()
+    tornado_log = logging.getLogger("tornado.application")
+    if _SYNC_CANCEL_FILTER not in tornado_log.filters:
+        tornado_log.addFilter(_SYNC_CANCEL_FILTER)
     client, cluster, dashboard = _start_client(config)
     futures: list[Any] = []
     try:
