@@ -1,4 +1,4 @@
-"""Command-line interface: ``falcon-milp info|solve|allocate|export-model|bench|export|prune``.
+"""Command-line interface: ``falcon-milp info|solve|allocate|export-model|bench|export|prune|sweep``.
 
 A thin client of the library. Every FalconError (and bad usage) becomes one line on
 stderr and exit code 2; no traceback.
@@ -18,6 +18,7 @@ _PLUGINS = {
     "bench": ("falcon_milp.bench.command", "run every solver on an instance suite; JSONL + report + plots"),
     "export": ("falcon_milp.torch.commands", "export a pruning instance from a PyTorch model"),
     "prune": ("falcon_milp.torch.prune_command", "prune a PyTorch model with FALCON or a baseline"),
+    "sweep": ("falcon_milp.torch.sweep_command", "a grid of pruning runs from a TOML config, on any executor"),
 }
 
 

@@ -159,12 +159,6 @@ def test_unsupported_layer_is_a_clear_error_and_the_model_is_restored():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-def test_cli_lists_every_method():
-    from falcon_milp.torch import METHODS
-    from falcon_milp.torch.prune_command import _METHODS
-    assert tuple(_METHODS) == tuple(METHODS)
-
-
 def test_cli_prune_layer_reconstruction(tmp_path):
     import json
     import subprocess

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..exceptions import SolverOptionError, UnknownSolverError
+from ..executors import add_executor_options, executor_from_args
 from ..solvers.registry import solver_names
 from .harness import Task, make_tasks, run_tasks
 from .records import RecordWriter, iter_records, ordered
@@ -42,7 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-limit", type=float, default=None, metavar="S",
                         help="time limit per run in seconds (default: the suite's, quick 10, full 60)")
     parser.add_argument("--repeat", type=int, default=1, metavar="N", help="runs per (instance, solver)")
-    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (default 1)")
+    add_executor_options(parser)
     parser.add_argument("--threads", type=int, default=1, metavar="T",
                         help="threads each solver may use (default 1)")
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default bench-out/<suite>)")
@@ -184,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report_only:
         return _report_only(args)
     repeat = _positive_int(args.repeat, "--repeat")
-    jobs = _positive_int(args.jobs, "--jobs")
+    executor = executor_from_args(args)
     threads = _positive_int(args.threads, "--threads")
     if args.time_limit is not None and not (args.time_limit > 0 and args.time_limit < float("inf")):
         raise SolverOptionError(f"`--time-limit` must be a finite number of seconds > 0; got {args.time_limit!r}")
@@ -209,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
     meta: dict[str, Any] = {
         "command": "falcon-milp bench " + " ".join(shlex.quote(a) for a in _argv_of(args)),
         "title": args.title, "suite": suite.name, "solvers": solvers, "time_limit": time_limit,
-        "size_limits": {k: v.to_json() for k, v in suite.size_limits.items()}, "repeat": repeat, "jobs": jobs, "threads": threads,
+        "size_limits": {k: v.to_json() for k, v in suite.size_limits.items()}, "repeat": repeat, "jobs": executor.workers, "executor": executor.kind,
+        "scheduler": executor.scheduler, "threads": threads,
         "n_tasks": len(tasks) + len(done), "run_id": run_id, "machine": _machine(),
         "versions": _versions(), "started": _dt.datetime.now().isoformat(timespec="seconds"),
         "notes": notes, "resumed_records": len(done),
@@ -230,7 +232,8 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"{rec['instance'][-40:]} {rec['solver']}", refresh=False)
             bar.update(1)
         try:
-            run_tasks(tasks, jobs=jobs, on_record=on_record)
+            run_tasks(tasks, on_record=on_record, executor=executor,
+                      on_start=lambda what: meta.update(executor_detail=what))
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -261,10 +264,14 @@ def _argv_of(args: argparse.Namespace) -> list[str]:
         out += ["--solvers", args.solvers]
     if args.time_limit is not None:
         out += ["--time-limit", f"{args.time_limit:g}"]
-    for flag, val, default in (("--repeat", args.repeat, 1), ("--jobs", args.jobs, 1),
+    for flag, val, default in (("--repeat", args.repeat, 1), ("--jobs", args.jobs, None),
                                ("--threads", args.threads, 1)):
         if val != default:
             out += [flag, str(val)]
+    if args.executor:
+        out += ["--executor", args.executor]
+    if args.scheduler:
+        out += ["--scheduler", args.scheduler]
     if args.out:
         out += ["--out", args.out]
     if args.manifest:

@@ -3,8 +3,9 @@
 A run = (instance, solver, repeat). :func:`run_task` is the worker: it loads the instance
 (cached per process), calls :func:`falcon_milp.solve`, re-checks the answer and returns a
 record (fields in :data:`falcon_milp.bench.records.FIELDS`). :func:`run_tasks` runs the
-tasks in this process (``jobs=1``) or in ``jobs`` worker processes; either way every
-record's content apart from timings is the same, because each run depends only on its task.
+tasks in this process (``jobs=1``), in ``jobs`` worker processes or on Dask
+(:mod:`falcon_milp.executors`); either way every record's content apart from timings is the
+same, because each run depends only on its task.
 
 Checks on every run (failures go to ``record["checks"]``, never silently dropped):
 
@@ -18,22 +19,18 @@ Checks on every run (failures go to ``record["checks"]``, never silently dropped
   tolerance ``CHECK_RTOL`` relative);
 - a result claimed ``optimal`` must reach the best-known lower bound.
 
-Peak memory is measured in the worker around the solve: on Linux the kernel's resident-set
-high-water mark is reset (``/proc/self/clear_refs``) just before the solve and read
-(``VmHWM``) just after, minus the resident size at the start (``mem_method`` =
-``vmhwm-reset``); this counts native allocations (HiGHS) as well as numpy. Elsewhere the
-``ru_maxrss`` growth is used (``ru_maxrss-delta``), which only sees growth above the
-process's earlier peak.
+Peak memory is measured in the worker around the solve (:class:`falcon_milp.memory.PeakMemory`):
+on Linux the kernel's resident-set high-water mark is reset (``/proc/self/clear_refs``) just
+before the solve and read (``VmHWM``) just after, minus the resident size at the start
+(``mem_method`` = ``vmhwm-reset``); this counts native allocations (HiGHS) as well as numpy.
+Elsewhere the ``ru_maxrss`` growth is used (``ru_maxrss-delta``), which only sees growth above
+the process's earlier peak.
 """
 from __future__ import annotations
 
 import hashlib
 import math
-import multiprocessing as mp
 import os
-import resource
-import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -41,7 +38,9 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..exceptions import FalconError, SolverUnavailableError
+from ..executors import ExecutorConfig, execute, one_line, resolve_executor
 from ..instance import PruningInstance
+from ..memory import PeakMemory
 from ..result import check_mask
 from ..solvers.registry import get_solver, solve
 from .records import RECORD_SCHEMA, jsonable
@@ -77,49 +76,6 @@ def make_tasks(suite: Suite, solvers: Sequence[str], *, time_limit: float | None
                 tasks.append(Task((i, j, r), entry, solver, time_limit, threads,
                                   suite.size_limits.get(solver), suite.name, run_id))
     return tasks
-
-
-# --------------------------------------------------------------------------- memory
-def _status_kib(name: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(name + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _maxrss_bytes() -> int:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss) if sys.platform == "darwin" else int(rss) * 1024
-
-
-class PeakMemory:
-    """Peak resident memory during a block, above the resident memory at its start."""
-
-    def __init__(self) -> None:
-        self.method = "ru_maxrss-delta"
-        self.base = 0
-
-    def start(self) -> None:
-        try:
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")   # reset VmHWM to the current RSS (Linux >= 4.0)
-            rss = _status_kib("VmRSS")
-            if rss is None:
-                raise OSError("no VmRSS")
-            self.method, self.base = "vmhwm-reset", rss * 1024
-        except OSError:
-            self.method, self.base = "ru_maxrss-delta", _maxrss_bytes()
-
-    def peak(self) -> int:
-        if self.method == "vmhwm-reset":
-            hwm = _status_kib("VmHWM")
-            if hwm is not None:
-                return max(0, hwm * 1024 - self.base)
-        return max(0, _maxrss_bytes() - self.base)
 
 
 # --------------------------------------------------------------------------- loading
@@ -220,12 +176,6 @@ def mask_sha256(mask: np.ndarray) -> str:
 
 
 # --------------------------------------------------------------------------- the worker
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    msg = text[0] if text else ""
-    return f"{type(exc).__name__}: {msg}" if not isinstance(exc, FalconError) else msg
-
-
 def _base_record(task: Task) -> dict[str, Any]:
     spec_exact, spec_aware = None, None
     try:
@@ -260,7 +210,7 @@ def run_task(task: Task) -> dict[str, Any]:
     try:
         inst, digest, load_s = _CACHE.get(task.entry)
     except Exception as exc:  # noqa: BLE001 - recorded, not hidden
-        rec["reason"] = f"could not load the instance: {_one_line(exc)}"
+        rec["reason"] = f"could not load the instance: {one_line(exc)}"
         return rec
     rec.update(n_weights=inst.n_weights, n_groups=inst.n_groups, digest=digest, load_s=load_s,
                budgets={n: (None if not math.isfinite(float(b)) else int(b) if r == 0 else float(b))
@@ -284,10 +234,10 @@ def run_task(task: Task) -> dict[str, Any]:
         result = solve(inst, solver=task.solver, time_limit=task.time_limit, threads=task.threads,
                        **task.options)
     except SolverUnavailableError as exc:
-        rec.update(status="skipped", reason=_one_line(exc), wall_s=time.perf_counter() - t0)
+        rec.update(status="skipped", reason=one_line(exc), wall_s=time.perf_counter() - t0)
         return rec
     except Exception as exc:  # noqa: BLE001 - a crashing solver is a result to report
-        rec.update(status="error", reason=_one_line(exc), wall_s=time.perf_counter() - t0,
+        rec.update(status="error", reason=one_line(exc), wall_s=time.perf_counter() - t0,
                    peak_mem_bytes=probe.peak(), mem_method=probe.method)
         return rec
     peak = probe.peak()
@@ -316,20 +266,30 @@ def run_task(task: Task) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- the runner
-def _worker_init() -> None:
-    """Workers ignore Ctrl-C: the parent handles it and terminates them."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def lost_record(task: Task, message: str) -> dict[str, Any]:
+    """The record of a task that gave no result (its dask worker died on every try)."""
+    rec = _base_record(task)
+    rec.update(status="error", reason=f"no result: {message}", worker_pid=None)
+    return rec
 
 
 def run_tasks(tasks: Iterable[Task], jobs: int = 1,
-              on_record: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+              on_record: Callable[[dict[str, Any]], None] | None = None, *,
+              executor: ExecutorConfig | None = None,
+              on_start: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Run every task; call ``on_record`` as each record arrives (completion order).
 
-    ``jobs=1`` runs in this process; ``jobs>1`` uses a pool of spawned worker processes
-    (one task at a time each). Ctrl-C terminates the workers and re-raises
-    KeyboardInterrupt after the records already received were handed to ``on_record``.
+    ``executor`` (:mod:`falcon_milp.executors`): ``local`` (this process), ``processes`` (a
+    pool of spawned worker processes, one task at a time each) or ``dask``; without it,
+    ``jobs=1`` is local and ``jobs>1`` a pool of ``jobs`` processes. Every task gives exactly
+    one record (a dask task whose worker kept dying: an ``error`` record, :func:`lost_record`).
+    Ctrl-C stops the workers and re-raises KeyboardInterrupt after the records already
+    received were handed to ``on_record``; run locally, the run in progress is recorded as
+    ``interrupted``.
     """
     tasks = list(tasks)
+    if executor is None:
+        executor = resolve_executor(None, max(1, jobs))
     records: list[dict[str, Any]] = []
 
     def take(rec: dict[str, Any]) -> None:
@@ -337,26 +297,17 @@ def run_tasks(tasks: Iterable[Task], jobs: int = 1,
         if on_record is not None:
             on_record(rec)
 
-    if jobs <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            try:
-                rec = run_task(task)
-            except KeyboardInterrupt:     # the run in progress is recorded as interrupted
-                rec = _base_record(task)
-                rec.update(status="interrupted", reason="stopped by Ctrl-C")
-                take(rec)
-                raise
+    def run_here(task: Task) -> dict[str, Any]:
+        try:
+            return run_task(task)
+        except KeyboardInterrupt:     # the run in progress is recorded as interrupted
+            rec = _base_record(task)
+            rec.update(status="interrupted", reason="stopped by Ctrl-C")
             take(rec)
-        return records
-    ctx = mp.get_context("spawn")
-    pool = ctx.Pool(processes=min(jobs, len(tasks)), initializer=_worker_init)
-    try:
-        for rec in pool.imap_unordered(run_task, tasks, chunksize=1):
-            take(rec)
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
+            raise
+
+    in_process = executor.kind == "local" or (executor.kind == "processes" and
+                                               (len(tasks) <= 1 or (executor.workers or 1) <= 1))
+    execute(run_here if in_process else run_task, tasks, executor, take, on_lost=lost_record,
+            on_start=on_start, name="bench")
     return records

@@ -8,7 +8,6 @@ deterministic order of the report.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from ..exceptions import FalconError
+from ..jsonl import JsonlError, JsonlWriter, iter_jsonl
 
 RECORD_SCHEMA = 1
 
@@ -110,31 +110,12 @@ def sort_key(record: dict[str, Any]) -> tuple[int, ...]:
     return tuple(record["key"])
 
 
-class RecordWriter:
-    """Appends records to a JSONL file, one ``write`` + flush + fsync per record."""
+class RecordWriter(JsonlWriter):
+    """Appends records to a JSONL file, one ``write`` + flush + fsync per record
+    (:class:`falcon_milp.jsonl.JsonlWriter`, records made JSON-safe by :func:`jsonable`)."""
 
     def __init__(self, path: str | os.PathLike, truncate: bool = True) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "w" if truncate else "a", encoding="utf-8")
-        self.count = 0
-
-    def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(jsonable(record), allow_nan=False, sort_keys=True)
-        self._fh.write(line + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self.count += 1
-
-    def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
-
-    def __enter__(self) -> "RecordWriter":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+        super().__init__(path, truncate=truncate, prepare=jsonable)
 
 
 def iter_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
@@ -143,24 +124,16 @@ def iter_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise RecordsError(f"records file '{path}' does not exist")
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        torn = lineno == len(lines) and not text.endswith("\n")
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if torn:
-                return
-            raise RecordsError(f"records file '{path}' line {lineno} is not valid JSON ({exc})") from None
-        if not isinstance(rec, dict) or rec.get("schema") != RECORD_SCHEMA:
-            raise RecordsError(f"records file '{path}' line {lineno} is not a schema-{RECORD_SCHEMA} record")
-        missing = [k for k in FIELDS if k not in rec]
-        if missing:
-            raise RecordsError(f"records file '{path}' line {lineno} lacks field `{missing[0]}`")
-        yield rec
+    try:
+        for lineno, rec in iter_jsonl(path):
+            if not isinstance(rec, dict) or rec.get("schema") != RECORD_SCHEMA:
+                raise RecordsError(f"records file '{path}' line {lineno} is not a schema-{RECORD_SCHEMA} record")
+            missing = [k for k in FIELDS if k not in rec]
+            if missing:
+                raise RecordsError(f"records file '{path}' line {lineno} lacks field `{missing[0]}`")
+            yield rec
+    except JsonlError as exc:
+        raise RecordsError(str(exc)) from None
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:

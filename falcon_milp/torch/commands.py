@@ -12,7 +12,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-_ARCHS = ("resnet20", "mobilenetv1", "resnet50", "mnist_mlp", "mnist_cnn", "mnist_bn_cnn")  # = ARCHITECTURES keys
+ARCHS = ("resnet20", "mobilenetv1", "resnet50", "mnist_mlp", "mnist_cnn", "mnist_bn_cnn")  # = ARCHITECTURES keys
+_ARCHS = ARCHS
+BUNDLED_WEIGHTS = ("mnist_mlp", "mnist_cnn", "mnist_bn_cnn")
+"""Architectures with trained weights shipped in the package (the MNIST networks)."""
 
 
 def add_model_options(parser: argparse.ArgumentParser, data_help: str) -> None:
@@ -44,7 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="FILE", help="instance file (.npz)")
 
 
-def _load_data(spec: str | None, arch: str, n: int, seed: int) -> Any:
+def load_data(spec: str | None, arch: str, n: int, seed: int) -> Any:
     import torch
 
     from . import OptionError
@@ -103,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.random_init:
         source = f"random init (seed {args.seed})"
     else:
-        if args.arch not in ("mnist_mlp", "mnist_cnn", "mnist_bn_cnn"):
+        if args.arch not in BUNDLED_WEIGHTS:
             raise OptionError(f"`--checkpoint` is required for arch '{args.arch}' (no bundled weights); "
                               "or pass --random-init")
         source = pretrained_path(args.arch)
@@ -111,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     model.eval()
     data = None
     if args.importance != "magnitude":
-        data = _load_data(args.data, args.arch, args.n_samples, args.seed)
+        data = load_data(args.data, args.arch, args.n_samples, args.seed)
         if data is None:
             raise OptionError(f"importance '{args.importance}' needs calibration data for arch "
                               f"'{args.arch}': pass --data")

@@ -13,11 +13,11 @@ import argparse
 import json
 from typing import Any
 
-from .commands import add_model_options
+from .commands import BUNDLED_WEIGHTS, add_model_options
 
-# the same as prune.METHODS (a test checks), spelled out so that `configure` does not import torch
-_METHODS = ("falcon", "falcon++", "layer-reconstruction", "magnitude", "layerwise-magnitude", "ratio-greedy",
-            "obs", "nnz-only")
+METHODS = ("falcon", "falcon++", "layer-reconstruction", "magnitude", "layerwise-magnitude", "ratio-greedy",
+           "obs", "nnz-only")
+"""= :data:`falcon_milp.torch.prune.METHODS`, here without importing torch (a test checks)."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="kept fraction of the dense FLOPs (MACs), in [0, 1]")
     parser.add_argument("--nnz-fraction", type=float, default=None, metavar="F",
                         help="kept fraction of the prunable weights, in [0, 1] (default: no NNZ budget)")
-    parser.add_argument("--method", default="falcon", choices=_METHODS)
+    parser.add_argument("--method", default="falcon", choices=METHODS)
     parser.add_argument("--solver", default="fast", metavar="NAME",
                         help="ILP solver for every projection (fast, exact, highs-compact, ...)")
     parser.add_argument("--n-grads", type=int, default=1000, metavar="N",
@@ -52,11 +52,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _calibration(spec: str | None, arch: str, n: int, seed: int) -> Any:
-    """Calibration data for pruning: as for `export` (shared loader), but always required."""
+def load_calibration(spec: str | None, arch: str, n: int, seed: int) -> Any:
+    """Calibration data for pruning (``--data`` of ``prune``; the ``sweep`` runs use it too):
+    as for `export` (shared loader), but always required."""
     from . import OptionError
     from .architectures import ARCHITECTURES
-    from .commands import _load_data
+    from .commands import load_data
 
     if n < 1:
         raise OptionError(f"`--n-grads` must be >= 1; got {n}")
@@ -65,7 +66,7 @@ def _calibration(spec: str | None, arch: str, n: int, seed: int) -> Any:
     # the whole training set is the pool: prune_model sets a validation part aside (the referee)
     # and draws the n gradient examples from the rest; random data: n plus a validation part
     pool = n + max(256, n // 4) if spec == "random" else 10**12
-    return _load_data(spec, arch, pool, seed)
+    return load_data(spec, arch, pool, seed)
 
 
 def _accuracy(model: Any, data: Any) -> float:
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and not 0.0 <= value <= 1.0:
             raise OptionError(f"`{name}` must be in [0, 1]; got {value!r}")
-    if not args.checkpoint and not args.random_init and args.arch not in ("mnist_mlp", "mnist_cnn", "mnist_bn_cnn"):
+    if not args.checkpoint and not args.random_init and args.arch not in BUNDLED_WEIGHTS:
         raise OptionError(f"`--checkpoint` is required for arch '{args.arch}' (no bundled weights); "
                           "or pass --random-init")
     from .architectures import build_model, load_checkpoint, pretrained_path   # imports torch
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     if args.test_data:
         from .data import load_mnist
         test = load_mnist(None if args.test_data == "mnist" else args.test_data, "test")
-    calib = _calibration(args.data, args.arch, args.n_grads, args.seed)
+    calib = load_calibration(args.data, args.arch, args.n_grads, args.seed)
     acc_before = _accuracy(model, test) if test is not None else None
 
     bar = None
