@@ -20,7 +20,7 @@ import numpy as np
 
 from ..allocation import AllocationProblem, AllocationResult, check_choice
 from ..exceptions import CertificateError, SolverOptionError, SolverUnavailableError
-from ..formulations.multiple_choice import choice_from_values, multiple_choice_spec, usable_options
+from ..formulations.multiple_choice import choice_from_values, multiple_choice_spec
 from .highs import solve_spec
 
 __all__ = ["ALLOCATION_SOLVERS", "solve_allocation"]
@@ -184,7 +184,7 @@ def solve_allocation(problem: AllocationProblem, *, solver: str = "highs", time_
         raise SolverOptionError(f"`max_states` must be an integer >= 1; got {max_states!r}")
     start = time.perf_counter()
     short = _min_use_infeasible(problem)
-    if short is not None or not usable_options(problem).any():
+    if short is not None:   # other infeasible cases: HiGHS / the DP prove them
         return _no_solution(solver, start, math.inf, "infeasible", {"reason": f"budget '{short}' is below the "
                                                                     "smallest use of every group"})
     if solver == "dp":

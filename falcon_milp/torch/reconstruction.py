@@ -251,7 +251,6 @@ class LayerCurve:
     hull_rows: np.ndarray       # segment -> row, in the merged order
     hull_steps: np.ndarray      # segment -> removals it adds
     hull_starts: np.ndarray     # segment -> removals of its row before it
-    cum_scores: np.ndarray      # (R, d + 1) E_r(t), unweighted
 
     def removals_per_row(self, kept: int) -> np.ndarray:
         """t_r, the removals of each row at layer kept count ``kept`` (merge along the hulls)."""
@@ -326,7 +325,7 @@ def layer_curve(name: str, order: np.ndarray, scores: np.ndarray, row_weights: n
         t[r] += s
         pos += s
     errors = errors_by_removed[::-1].copy()        # kept k = R*d - removed
-    return LayerCurve(name, R, d, errors, order, rows, steps, starts, cum)
+    return LayerCurve(name, R, d, errors, order, rows, steps, starts)
 
 
 # ----------------------------------------------------------------------------- weights
@@ -371,18 +370,24 @@ def _row_weight_vector(layer: PrunableLayer, normalization: str, sens: dict[str,
     return np.ones(R)
 
 
-def _layer_problem(layer: PrunableLayer, Hs: list[torch.Tensor], W: torch.Tensor, damp: float,
-                   row_w: np.ndarray) -> tuple[LayerCurve, list[torch.Tensor]]:
-    """Traces of every row (rows grouped by conv group, each with its group's H) and the curve."""
+def _layer_curve(layer: PrunableLayer, damped: list[torch.Tensor], W: torch.Tensor,
+                 row_w: np.ndarray) -> LayerCurve:
+    """Traces of every row (rows grouped by conv group, each with its group's damped H) and the
+    layer curve."""
     per = _rows_per_group(layer)
-    R, d = W.shape
-    order = np.empty((R, d), dtype=np.int64)
-    scores = np.empty((R, d))
-    damped = [_damped(H, damp) for H in Hs]
+    order = np.empty(W.shape, dtype=np.int64)
+    scores = np.empty(W.shape)
     for g, Hd in enumerate(damped):
         rows = slice(g * per, (g + 1) * per)
         order[rows], scores[rows] = row_traces(W[rows], Hd)
-    return layer_curve(layer.name, order, scores, row_w), damped
+    return layer_curve(layer.name, order, scores, row_w)
+
+
+def _output_energy(layer: PrunableLayer, Hs: list[torch.Tensor], W: torch.Tensor) -> float:
+    """||W X||^2 / N = sum over conv groups of tr(W_g H_g W_g^T)."""
+    per = _rows_per_group(layer)
+    return float(sum(torch.einsum("rd,de,re->", W[g * per:(g + 1) * per], H, W[g * per:(g + 1) * per])
+                     for g, H in enumerate(Hs)))
 
 
 def _reconstruct_layer(layer: PrunableLayer, W: torch.Tensor, damped: list[torch.Tensor],
@@ -425,15 +430,14 @@ def reconstruction_prune(model: nn.Module, layers: Sequence[PrunableLayer], inpu
         times["sensitivities"] = time.perf_counter() - t
     Ws = [_weight_rows(l, l.weight.detach()) for l in layers]
     t = time.perf_counter()
-    curves, damped_all, grids, errs = [], [], [], []
+    curves, damped_all, row_ws, grids, errs = [], [], [], [], []
     for layer, W in zip(layers, Ws):
-        out2 = float(sum(torch.einsum("rd,de,re->", W[g * _rows_per_group(layer):(g + 1) * _rows_per_group(layer)],
-                                      H, W[g * _rows_per_group(layer):(g + 1) * _rows_per_group(layer)])
-                         for g, H in enumerate(Hs[layer.name])))
-        row_w = _row_weight_vector(layer, normalization, sens, out2)
-        curve, damped = _layer_problem(layer, Hs[layer.name], W, damp, row_w)
+        row_w = _row_weight_vector(layer, normalization, sens, _output_energy(layer, Hs[layer.name], W))
+        damped = [_damped(H, damp) for H in Hs[layer.name]]
+        curve = _layer_curve(layer, damped, W, row_w)
         curves.append(curve)
         damped_all.append(damped)
+        row_ws.append(row_w)
         k = _levels(layer.n_weights, layer.shape[0], levels)
         grids.append(k)
         errs.append(curve.errors[k])
@@ -477,8 +481,7 @@ def reconstruction_prune(model: nn.Module, layers: Sequence[PrunableLayer], inpu
             masks.append(keep)
         times["reconstruction"] = time.perf_counter() - t
     else:
-        new_rows, masks = _sequential(model, layers, inputs, Ws, Hs, kept, damp, sens, normalization,
-                                      bn_inputs, curves)
+        new_rows, masks = _sequential(model, layers, inputs, Ws, kept, damp, row_ws, bn_inputs)
         times["sequential"] = time.perf_counter() - t
     w = np.concatenate([r.reshape(-1).numpy() for r in new_rows])
     mask = np.concatenate([m.reshape(-1) for m in masks])
@@ -486,9 +489,8 @@ def reconstruction_prune(model: nn.Module, layers: Sequence[PrunableLayer], inpu
 
 
 def _sequential(model: nn.Module, layers: Sequence[PrunableLayer], inputs: torch.Tensor,
-                Ws: list[torch.Tensor], Hs: dict[str, list[torch.Tensor]], kept: dict[str, int],
-                damp: float, sens: dict[str, np.ndarray] | None, normalization: str,
-                bn_inputs: torch.Tensor | None, curves: list[LayerCurve]) -> tuple[list[torch.Tensor], list[np.ndarray]]:
+                Ws: list[torch.Tensor], kept: dict[str, int], damp: float, row_ws: list[np.ndarray],
+                bn_inputs: torch.Tensor | None) -> tuple[list[torch.Tensor], list[np.ndarray]]:
     """Layer by layer in network order: inputs of the network pruned so far (x_p) against the
     dense inputs (x_d); E[||W x_d - W' x_p||^2] = (w' - w*)^T H_pp (w' - w*) + const with
     w* = H_pp^-1 G w, G = E[x_p x_d^T]; traces of w* under H_pp, the allocated count, least squares."""
@@ -531,14 +533,7 @@ def _sequential(model: nn.Module, layers: Sequence[PrunableLayer], inputs: torch
             for g, (Hd, Gg) in enumerate(zip(damped, G)):
                 rows = slice(g * per, (g + 1) * per)
                 target[rows] = torch.linalg.solve(Hd, Gg @ W[rows].T).T
-            row_w = (np.asarray(sens[layer.name]).reshape(-1) if normalization == "fisher" and sens is not None
-                     else np.ones(W.shape[0]))
-            order = np.empty(W.shape, dtype=np.int64)
-            scores = np.empty(W.shape)
-            for g, Hd in enumerate(damped):
-                rows = slice(g * per, (g + 1) * per)
-                order[rows], scores[rows] = row_traces(target[rows], Hd)
-            curve = layer_curve(layer.name, order, scores, row_w)
+            curve = _layer_curve(layer, damped, target, row_ws[i])
             keep = curve.support(kept[layer.name])
             rec = _reconstruct_layer(layer, target, damped, keep)
             new_rows.append(rec)
