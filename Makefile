@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench-scaling fuzz
+.PHONY: demo test venv clean bench-scaling fuzz mutate
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -29,6 +29,13 @@ FUZZ_SECONDS ?= 600
 fuzz: $(STAMP)
 	$(PY) -m pip install -q atheris
 	$(PY) fuzz/fuzz_instance.py fuzz/corpus -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -artifact_prefix=fuzz/findings/
+
+# mutation testing of the certificate code ([tool.mutmut] in pyproject.toml); results: mutmut results
+mutate: $(STAMP)
+	$(PY) -m pip install -q mutmut
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children 2
+	$(VENV)/bin/mutmut results
 
 clean:
 	rm -rf $(VENV) bench-out

@@ -1,4 +1,4 @@
-"""Command-line interface: ``falcon-milp info|solve|export-model|bench|export|prune|sweep``.
+"""Command-line interface: ``falcon-milp info|solve|allocate|export-model|bench|export|prune|sweep``.
 
 A thin client of the library. Every FalconError (and bad usage) becomes one line on
 stderr and exit code 2; no traceback.
@@ -73,6 +73,33 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_allocate(args: argparse.Namespace) -> int:
+    from .allocation import load_allocation
+    from .solvers.allocation import solve_allocation
+    problem = load_allocation(args.problem)
+    result = solve_allocation(problem, solver=args.solver, time_limit=args.time_limit, rel_gap=args.rel_gap)
+    rows = []
+    if result.choice is not None:
+        labels = result.labels(problem)
+        rows = [{"group": n, "option": int(c), "label": float(l),
+                 "error": float(problem.errors[problem.offsets[g] + c])}
+                for g, (n, c, l) in enumerate(zip(problem.names, result.choice, labels))]
+    if args.json:
+        _print_json({"status": result.status, "objective": result.objective, "bound": result.bound,
+                     "gap": result.gap, "solver": result.solver, "runtime_s": result.runtime_s,
+                     "usage": result.usage, "budgets": dict(zip(problem.resource_names, problem.budgets)),
+                     "choice": rows, "extra": result.extra})
+        return 0
+    print(f"{result.solver}: status {result.status}, error {result.objective:.10g}, bound "
+          f"{result.bound:.10g}, gap {result.gap:.3e}, {result.runtime_s:.3f} s")
+    if result.usage:
+        print("  usage: " + ", ".join(f"{k} {v:.6g}/{b:.6g}" for (k, v), b in
+                                      zip(result.usage.items(), problem.budgets)))
+    for row in rows:
+        print(f"  {row['group']}: option {row['option']} (label {row['label']:g}, error {row['error']:.6g})")
+    return 0
+
+
 def _cmd_export_model(args: argparse.Namespace) -> int:
     from .formulations import build_model, write_model
     from .io import check_writable, load_instance
@@ -106,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the result as JSON (mask left out; non-finite numbers as null)")
     p.add_argument("--mask-out", metavar="FILE", help="save the mask as a .npy bool array")
     p.set_defaults(func=_cmd_solve)
+
+    p = sub.add_parser("allocate", help="pick one option per group under budgets (allocation .npz file)")
+    p.add_argument("problem", help="a file written by falcon_milp.save_allocation")
+    p.add_argument("--solver", default="highs", choices=["highs", "dp"])
+    p.add_argument("--time-limit", type=float, default=None, metavar="S")
+    p.add_argument("--rel-gap", type=float, default=0.0, metavar="G")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_allocate)
 
     p = sub.add_parser("export-model", help="write a formulation as LP/MPS for other solvers")
     p.add_argument("instance")

@@ -29,10 +29,12 @@ starts (``pip install 'falcon-milp[dask]'``).
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import itertools
 import logging
 import multiprocessing as mp
 import os
+import platform
 import signal
 import socket
 import uuid
@@ -306,7 +308,9 @@ def _run_dask(fn: Callable[[Any], Any], items: Sequence[Any], config: ExecutorCo
                 window = _window(client)
             submit(max(0, window - len(live)))
         return len(seen)
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):   # the process is ending: no client chatter on stderr
+            _silence_dask()
         pending = [f for _, f in live.values() if not f.done()]
         if pending:
             try:
@@ -333,6 +337,17 @@ def _lost_message(exc: BaseException) -> str:
     return one_line(exc)
 
 
+def _silence_dask() -> None:
+    """After Ctrl-C: no more log lines from distributed/tornado (each logger, since dask's config
+    sets levels per logger), and no "Exception ignored in Client.__del__" at interpreter exit
+    (a client whose close timed out under load is closed again there)."""
+    import sys
+    for name in ["distributed", "tornado"] + list(logging.root.manager.loggerDict):
+        if name.startswith(("distributed", "tornado")):
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    sys.unraisablehook = lambda unraisable: None
+
+
 def _close(client: Any, cluster: Any) -> None:
     """Close the client (and the cluster started here) without the shutdown chatter of dask
     (closed comms, cancelled handlers: nothing the user can act on) on stderr: logging is off
@@ -351,3 +366,14 @@ def _close(client: Any, cluster: Any) -> None:
                 pass
     finally:
         logging.disable(previous)
+
+
+def package_versions(packages: Sequence[str]) -> str:
+    """"python X, pkg V, ..." for the installed ones of ``packages`` (run metadata)."""
+    out = [f"python {platform.python_version()}"]
+    for pkg in packages:
+        try:
+            out.append(f"{pkg} {importlib.metadata.version(pkg)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return ", ".join(out)

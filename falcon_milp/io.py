@@ -13,7 +13,7 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -143,10 +143,12 @@ def _read_header(raw: np.ndarray, where: str) -> dict[str, Any]:
     return header
 
 
-def load_instance(path: str | os.PathLike) -> PruningInstance:
-    """Read and fully validate an instance file. Errors name the file and the field."""
+def read_npz_arrays(path: str | os.PathLike, keys: Sequence[str], where: str,
+                    what: str = "a falcon-milp instance") -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of the ``.npz`` archive at ``path``, nothing unpickled; every way a
+    file can be unreadable (absent, a directory, not a zip, truncated, corrupt, pickled
+    objects, a missing key) is one :class:`InstanceFileError` that starts with ``where``."""
     path = Path(path)
-    where = f"instance file '{path}'"
     if not path.exists():
         raise InstanceFileError(f"{where} does not exist")
     if path.is_dir():
@@ -162,20 +164,27 @@ def load_instance(path: str | os.PathLike) -> PruningInstance:
         raise InstanceFileError(f"{where} is not an .npz archive (no zip signature)")
     try:
         with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in _ARRAYS if k not in data.files]
+            missing = [k for k in keys if k not in data.files]
             if missing:
-                raise InstanceFileError(f"{where}: missing array `{missing[0]}` (not a falcon-milp instance?)")
-            arrays = {k: data[k] for k in _ARRAYS}
+                raise InstanceFileError(f"{where}: missing array `{missing[0]}` (not {what}?)")
+            return {k: data[k] for k in keys}
     except FalconError:
         raise
     except ValueError as exc:
         if "pickle" in str(exc):    # numpy's own message suggests allow_pickle: never wanted here
             raise InstanceFileError(f"{where}: an array holds Python objects (pickled data); "
-                                    "instance arrays are plain numbers") from None
+                                    f"{what.split()[-1]} arrays are plain numbers") from None
         raise InstanceFileError(f"{where} is truncated or corrupt (ValueError: {exc})") from None
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, zipfile.LargeZipFile, zlib.error,
             NotImplementedError, RuntimeError) as exc:   # zlib: a corrupt deflate stream (fuzzing)
         raise InstanceFileError(f"{where} is truncated or corrupt ({type(exc).__name__}: {exc})") from None
+
+
+def load_instance(path: str | os.PathLike) -> PruningInstance:
+    """Read and fully validate an instance file. Errors name the file and the field."""
+    path = Path(path)
+    where = f"instance file '{path}'"
+    arrays = read_npz_arrays(path, _ARRAYS, where)
     header = _read_header(arrays["header"], where)
     costs = arrays["costs"]
     names, rnames, budgets = header["names"], header["resource_names"], header["budgets"]

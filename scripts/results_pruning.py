@@ -49,6 +49,16 @@ ABLATION = [   # (label, options): each ingredient switched on or off from the p
     ("default, n = 4,000 gradients", {"n_grads": 4000}),
 ]
 
+RECON = "layer-reconstruction"
+RECON_ABLATION = [   # (label, options), all with safeguard=False so that each variant is seen as it is
+    ("default: fisher weights, sequential, exact MILP allocation", {}),
+    ("one shot: every layer fitted on dense inputs (not sequential)", {"sequential": False}),
+    ("normalization relative (e_l / ||W X||^2)", {"normalization": "relative"}),
+    ("normalization raw (output units)", {"normalization": "raw"}),
+    ("uniform allocation (same kept fraction per layer)", {"allocate": "uniform"}),
+]
+RECON_ABL_FLOPS = (0.05, 0.10)
+
 _DATA: dict = {}
 
 
@@ -94,6 +104,7 @@ def run_one(task: dict) -> dict:
                q_before=rep.objective_before, q_after=rep.objective_after,
                log2_scales=rep.log2_layer_scales, times=rep.times,
                per_layer={k: v[0] for k, v in rep.per_layer.items()},
+               allocation_status=rep.allocation.get("status"), allocation_gap=rep.allocation.get("gap"),
                threads=torch.get_num_threads())
     return rec
 
@@ -119,7 +130,7 @@ def tasks(mlpnet: str | None, quick: bool) -> list[dict]:
         for f in cnn_flops:
             for row, method, opts, sl in (("magnitude", "magnitude", {}, seeds[:1]),
                                           ("obs", "obs", {}, seeds), ("nnz-only", "nnz-only", {}, seeds),
-                                          ("falcon", "falcon", {}, seeds)):
+                                          ("falcon", "falcon", {}, seeds), (RECON, RECON, {}, seeds)):
                 add("cnn", net, row, method, f, None, opts, sl)
             if net == "mnist_bn_cnn":
                 add("cnn", net, "magnitude, no BN re-estimation", "magnitude", f, None, NO_BN, seeds[:1])
@@ -127,8 +138,14 @@ def tasks(mlpnet: str | None, quick: bool) -> list[dict]:
     if mlpnet:
         for s in (MLP_NNZ[1:2] if quick else MLP_NNZ):
             for row, method, sl in (("magnitude", "magnitude", seeds[:1]), ("obs", "obs", seeds),
-                                    ("falcon", "falcon", seeds)):
+                                    ("falcon", "falcon", seeds), (RECON, RECON, seeds)):
                 add("mlp", "mlpnet", row, method, None, s, {}, sl)
+            for label, opts in RECON_ABLATION:
+                add("recon-ablation", "mlpnet", label, RECON, None, s, {**opts, "safeguard": False}, seeds[:2])
+    for net in ("mnist_bn_cnn", "mnist_cnn"):
+        for f in RECON_ABL_FLOPS:
+            for label, opts in RECON_ABLATION:
+                add("recon-ablation", net, label, RECON, f, None, {**opts, "safeguard": False}, seeds[:2])
             for label, opts in (ABLATION[:4] if quick else ABLATION):
                 add("ablation", "mlpnet", label, "falcon", None, s, opts, seeds[:2])
     return out
@@ -169,7 +186,10 @@ def report(recs: list[dict], meta: dict, out: Path, img: Path) -> None:
              "schedule from 70% kept. Cells: mean ± sample standard deviation of the test accuracy (%) over "
              "calibration seeds 0, 1, 2 (FALCON++: seed 0 only except MLPNet at 2%, and on the CNNs only at "
              "5-20% FLOPs, for time; ablation: seeds 0, 1); `magnitude` uses no data (one run). "
-             "`[kx fallback]`: the safeguard returned FLOP-aware magnitude in k runs.", "",
+             "`[kx fallback]`: the safeguard returned FLOP-aware magnitude in k runs. `layer-reconstruction` "
+             "(defaults: fisher-weighted errors, sequential re-fit, 48 kept-count levels per layer, damp 1e-2, "
+             "all 4,500 non-validation images as layer inputs; math in docs/pruning.md) has no gradient "
+             "sample size or ridge grid.", "",
              "![results](img/results.png)", ""]
     # MLPNet
     mlp = _sel(recs, group="mlp")
@@ -181,8 +201,18 @@ def report(recs: list[dict], meta: dict, out: Path, img: Path) -> None:
                   "| method | NNZ 10% | NNZ 5% | NNZ 2% |", "|---|---:|---:|---:|"]
         for name, vals in PUBLISHED.items():
             lines.append(f"| {name} (published) | " + " | ".join(f"{vals[s]:.2f}" for s in MLP_NNZ) + " |")
-        for row in ("magnitude", "obs", "falcon", "falcon++"):
+        for row in ("magnitude", "obs", "falcon", "falcon++", RECON):
             lines.append(f"| {row} | " + " | ".join(_cell(_sel(mlp, row=row, nnz=s)) for s in MLP_NNZ) + " |")
+        lines.append("")
+        lines += ["Kept weights per layer (fc1 / fc2 / fc3, seed 0): the exact allocation of "
+                  "`layer-reconstruction` next to FALCON's and the uniform one.", "",
+                  "| NNZ | falcon | layer-reconstruction | uniform |", "|---:|---|---|---|"]
+        for s_ in MLP_NNZ:
+            cells = []
+            for group, row in (("mlp", "falcon"), ("mlp", RECON), ("recon-ablation", RECON_ABLATION[4][0])):
+                r = _sel(recs, group=group, row=row, nnz=s_, seed=0)
+                cells.append(" / ".join(str(v) for v in r[0]["per_layer"].values()) if r else "-")
+            lines.append(f"| {int(100 * s_)}% | " + " | ".join(cells) + " |")
         lines.append("")
     abl = _sel(recs, group="ablation")
     if abl:
@@ -198,13 +228,28 @@ def report(recs: list[dict], meta: dict, out: Path, img: Path) -> None:
             secs = [r["wall_s"] for r in _sel(abl, row=label)]
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {statistics.mean(secs) if secs else 0:.1f} |")
         lines.append("")
+    rab = _sel(recs, group="recon-ablation")
+    if rab:
+        cols = [("mlpnet", "nnz", v) for v in MLP_NNZ] + [(n, "flops", v) for n in ("mnist_bn_cnn", "mnist_cnn")
+                                                           for v in RECON_ABL_FLOPS]
+        lines += ["### Ablation of `layer-reconstruction`: what each ingredient buys", "",
+                  "Test accuracy (%), seeds 0 and 1, safeguard off (so a variant worse than magnitude shows as "
+                  "it is). Normalization: how layer errors are made comparable in the allocation; `fisher` "
+                  "weights each output's squared error by the mean squared loss gradient of that output "
+                  "(labels sampled from the model), a diagonal second-order estimate of the loss increase.", "",
+                  "| variant | " + " | ".join(f"{n} {k.upper()} {int(100 * v)}%" for n, k, v in cols) + " |",
+                  "|---|" + "---:|" * len(cols)]
+        for label, _ in RECON_ABLATION:
+            cells = [_cell([r for r in _sel(rab, row=label, net=n) if r[k] == v]) for n, k, v in cols]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
     # CNNs
     for net, title in (("mnist_bn_cnn", "BatchNorm CNN (`mnist_bn_cnn`, 98.92% dense)"),
                        ("mnist_cnn", "bundled CNN (`mnist_cnn`, 98.75% dense)")):
         rs = _sel(recs, group="cnn", net=net)
         if not rs:
             continue
-        rows = ["magnitude", "obs", "nnz-only", "falcon", "falcon++"]
+        rows = ["magnitude", "obs", "nnz-only", "falcon", "falcon++", RECON]
         if net == "mnist_bn_cnn":
             rows[1:1] = ["magnitude, no BN re-estimation"]
             rows.insert(rows.index("falcon") + 1, "falcon, no BN re-estimation")
@@ -220,18 +265,22 @@ def report(recs: list[dict], meta: dict, out: Path, img: Path) -> None:
         lines += ["Kept weights per layer (seed 0):", "",
                   "| FLOPs | method | " + " / ".join(next(iter(rs))["per_layer"]) + " | choice |", "|---:|---|---|---|"]
         for f in CNN_FLOPS:
-            for row in ("magnitude", "falcon", "falcon++"):
+            for row in ("magnitude", "falcon", "falcon++", RECON):
                 r = _sel(rs, row=row, flops=f, seed=0)
                 if r:
                     lines.append(f"| {int(100 * f)}% | {row} | " + " / ".join(str(v) for v in r[0]["per_layer"].values())
                                  + f" | {r[0].get('choice') or '-'} |")
         lines.append("")
+        ra = [r for r in _sel(recs, group="recon-ablation", net=net, row=RECON_ABLATION[4][0], seed=0)]
+        for r in sorted(ra, key=lambda q: q["flops"]):
+            lines.insert(len(lines) - 1, f"| {int(100 * r['flops'])}% | uniform allocation (reconstruction) | "
+                         + " / ".join(str(v) for v in r["per_layer"].values()) + " | - |")
     # time per phase
     lines += ["## Time per phase (seconds, one run each, seed 0)", "",
               "| net | method | budget | gradients | scale search | DFO steps | projections | backsolve | referee | total |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for net, budget in (("mlpnet", ("nnz", 0.05)), ("mnist_cnn", ("flops", 0.2)), ("mnist_bn_cnn", ("flops", 0.2))):
-        for row in ("magnitude", "obs", "nnz-only", "falcon", "falcon++"):
+        for row in ("magnitude", "obs", "nnz-only", "falcon", "falcon++", RECON):
             r = [q for q in _sel(recs, net=net, row=row, seed=0) if q[budget[0]] == budget[1] and q["group"] != "ablation"]
             if r:
                 t = r[0]["times"]
@@ -239,6 +288,21 @@ def report(recs: list[dict], meta: dict, out: Path, img: Path) -> None:
                              + " | ".join(f"{t.get(k, 0):.1f}" for k in ("gradients", "scale_search", "dfo_steps",
                                                                           "projections", "backsolve", "referee", "total"))
                              + " |")
+    lines.append("")
+    lines += ["`layer-reconstruction` phases (seconds, seed 0): H = E[x x^T] per layer (one pass), output "
+              "sensitivities (one backward pass), OBS traces and layer curves, the allocation MILP, the "
+              "sequential re-fit (a second set of traces per layer on the pruned network's inputs).", "",
+              "| net | budget | hessians | sensitivities | curves | allocation | sequential | total | MILP status |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for net, budget in (("mlpnet", ("nnz", 0.02)), ("mnist_cnn", ("flops", 0.1)), ("mnist_bn_cnn", ("flops", 0.1))):
+        r = [q for q in _sel(recs, net=net, row=RECON, seed=0, group="mlp" if net == "mlpnet" else "cnn")
+             if q[budget[0]] == budget[1]]
+        if r:
+            t = r[0]["times"]
+            lines.append(f"| {net} | {budget[0].upper()} {int(100 * budget[1])}% | "
+                         + " | ".join(f"{t.get(k, 0):.1f}" for k in ("hessians", "sensitivities", "curves",
+                                                                      "allocation", "sequential", "total"))
+                         + f" | {r[0].get('allocation_status')} (gap {r[0].get('allocation_gap') or 0:.0e}) |")
     lines.append("")
     lines.append("Raw records: one JSON line per run in the records file (options, accuracy, kept fractions, "
                  "validation losses, choice, per-layer counts, times).")
@@ -253,7 +317,7 @@ def _plots(recs: list[dict], img: Path) -> None:
     img.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for ax, net in zip(axes[:2], ("mnist_bn_cnn", "mnist_cnn")):
-        for row in ("magnitude", "obs", "falcon", "falcon++"):
+        for row in ("magnitude", "obs", "falcon", "falcon++", RECON):
             pts = [(f, statistics.mean(r["acc"] for r in rs)) for f in CNN_FLOPS
                    if (rs := _sel(recs, group="cnn", net=net, row=row, flops=f))]
             if pts:
@@ -267,7 +331,7 @@ def _plots(recs: list[dict], img: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     ax = axes[2]
-    for row in ("magnitude", "obs", "falcon", "falcon++"):
+    for row in ("magnitude", "obs", "falcon", "falcon++", RECON):
         pts = [(s, statistics.mean(r["acc"] for r in rs)) for s in MLP_NNZ
                if (rs := _sel(recs, group="mlp", row=row, nnz=s))]
         if pts:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib.metadata
 import json
 import os
 import platform
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..exceptions import SolverOptionError, UnknownSolverError
-from ..executors import add_executor_options, executor_from_args
+from ..executors import add_executor_options, executor_from_args, package_versions
 from ..solvers.registry import solver_names
 from .harness import Task, make_tasks, run_tasks
 from .records import RecordWriter, iter_records, ordered
@@ -96,13 +95,7 @@ def _machine() -> str:
 
 
 def _versions() -> str:
-    out = [f"python {platform.python_version()}"]
-    for pkg in ("falcon-milp", "numpy", "highspy", "pyomo"):
-        try:
-            out.append(f"{pkg} {importlib.metadata.version(pkg)}")
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return ", ".join(out)
+    return package_versions(("falcon-milp", "numpy", "highspy", "pyomo"))
 
 
 def _task_match(rec: dict[str, Any], task: Task) -> bool:

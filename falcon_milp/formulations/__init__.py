@@ -2,7 +2,9 @@
 
 - ``"ilp"``: per-weight ILP, one binary per weight (:func:`build_per_weight_model`);
 - ``"lp"``: its LP relaxation (``relax=True``);
-- ``"compact"``: one integer count and one epigraph variable per layer (:func:`build_compact_model`).
+- ``"compact"``: one integer count and one epigraph variable per layer (:func:`build_compact_model`);
+- allocation problems (one option per group under several budgets): the multiple-choice
+  knapsack of :func:`build_multiple_choice_model`.
 
 Every builder returns a Pyomo ``ConcreteModel`` a user can inspect, modify, solve with any
 Pyomo solver, or write with :func:`write_model`; :func:`mask_from_model` reads the mask back
@@ -20,6 +22,7 @@ import numpy as np
 from ..exceptions import SolverOptionError
 from ..instance import PruningInstance
 from .compact import build_compact_model, compact_spec, counts_to_mask, layer_breakpoints
+from .multiple_choice import build_multiple_choice_model, multiple_choice_spec
 from .per_weight import build_per_weight_model, per_weight_spec
 from .resources import resource_rows
 from .spec import LinearSpec
@@ -29,9 +32,9 @@ log = logging.getLogger(__name__)
 KINDS = ("ilp", "lp", "compact")
 FORMATS = ("lp", "mps")
 
-__all__ = ["FORMATS", "KINDS", "LinearSpec", "build_compact_model", "build_model", "build_per_weight_model",
+__all__ = ["FORMATS", "KINDS", "LinearSpec", "build_compact_model", "build_model", "build_multiple_choice_model", "build_per_weight_model",
            "build_spec", "compact_spec", "counts_to_mask", "layer_breakpoints", "mask_from_model",
-           "per_weight_spec", "resource_rows", "write_model"]
+           "multiple_choice_spec", "per_weight_spec", "resource_rows", "write_model"]
 
 
 def _check(instance: Any, kind: Any) -> None:

@@ -392,6 +392,15 @@ def _run(spec: LinearSpec, backend: str, opts: dict[str, Any], model_s: float,
                     {"killed": True})
 
 
+def solve_spec(spec: LinearSpec, *, time_limit: float | None = None, rel_gap: float = 0.0,
+               threads: int | None = None, backend: str = "highspy") -> HighsRun:
+    """One HiGHS MILP run of any ``spec`` (the allocation MILP, say) under the same time-limit
+    and Ctrl-C handling as the pruning solvers (:func:`_run`)."""
+    start = time.perf_counter()
+    deadline = None if time_limit is None else start + time_limit
+    return _run(spec, backend, _highs_options("mip", time_limit, rel_gap, threads), 0.0, deadline)
+
+
 # ----------------------------------------------------------------------------- masks
 def repair_mask(instance: PruningInstance, mask: np.ndarray) -> tuple[np.ndarray, int]:
     """Drop the least important kept weight that costs something on a violated row, until the

@@ -20,6 +20,10 @@ Methods (``method=``), all through :func:`prune_model`:
                            weight update, computed as the backsolve on the kept support (for a
                            set of pruned weights the multi-weight OBS update is exactly the
                            minimiser of Q with those weights at zero).
+``"layer-reconstruction"`` per-layer OBS reconstruction curves, one kept count per layer chosen
+                           exactly under both budgets (the multiple-choice knapsack MILP),
+                           each layer re-fitted to its outputs, layer by layer on the pruned
+                           network's inputs (``sequential``), :mod:`.reconstruction`.
 ``"nnz-only"``             CHITA-like: the ``falcon`` stage with the NNZ budget only (S from
                            ``nnz_fraction``, or ``flops_fraction * p`` when that is not given);
                            its FLOP use is reported, not enforced.
@@ -69,10 +73,11 @@ from .stage import StageConfig, StageResult, run_stage
 
 __all__ = ["FISHERS", "METHODS", "PruneReport", "prune_model"]
 
-METHODS = ("falcon", "falcon++", "magnitude", "layerwise-magnitude", "ratio-greedy", "obs", "nnz-only")
+METHODS = ("falcon", "falcon++", "layer-reconstruction", "magnitude", "layerwise-magnitude", "ratio-greedy",
+           "obs", "nnz-only")
 FISHERS = ("empirical", "sampled")
 _NEEDS_GRADS = ("falcon", "falcon++", "obs", "nnz-only")
-_STAGED = ("falcon", "falcon++", "nnz-only")
+_STAGED = ("falcon", "falcon++", "nnz-only", "layer-reconstruction")
 
 
 @dataclass
@@ -128,6 +133,7 @@ class PruneReport:
     stages: list[dict[str, Any]] = field(default_factory=list)
     referee: list[dict[str, Any]] = field(default_factory=list)
     per_layer: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    allocation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -252,6 +258,8 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
                 include: Any = None, loss_fn: Callable | None = None, seed: int = 0,
                 chunk_size: int | None = None, compute_objective: bool = True,
                 keep_masks: bool = False, solver_options: dict[str, Any] | None = None,
+                normalization: str = "fisher", sequential: bool = True, levels: int = 48, damp: float = 1e-2,
+                allocate: str = "milp",
                 callback: Callable[[str, int, float], None] | None = None) -> PruneReport:
     """Prune ``model`` in place and return a :class:`PruneReport`.
 
@@ -291,6 +299,11 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
     keep_masks : register mask parametrizations so the zeros survive later training (they are
         always updated if the model already carries masks).
     callback(phase, iteration, objective) : progress hook (the CLI's progress bars).
+    normalization, sequential, levels, damp, allocate : layer-reconstruction options
+        (:func:`.reconstruction.reconstruction_prune`): how layer errors are made comparable
+        (``"fisher"``, ``"relative"``, ``"raw"``), re-fit layer by layer on the pruned network's
+        inputs, kept-count levels per layer, ridge of H (x mean diag), ``"milp"`` (exact
+        allocation) or ``"uniform"`` (the same kept fraction in every layer: an ablation).
     """
     t_start = time.perf_counter()
     if not isinstance(model, nn.Module):
@@ -304,6 +317,13 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
     choice(step, "step", STEP_RULES)
     choice(schedule, "schedule", (None, "polynomial", "paper"))
     choice(criterion, "criterion", CRITERIA)
+    from .reconstruction import NORMALIZATIONS
+    choice(normalization, "normalization", NORMALIZATIONS)
+    choice(allocate, "allocate", ("milp", "uniform"))
+    levels = int_option(levels, "levels", 2)
+    damp = real_option(damp, "damp", strict=True)
+    if not isinstance(sequential, bool):
+        raise OptionError(f"`sequential` must be True or False; got {sequential!r}")
     if fisher == "sampled" and loss_fn is not None:
         raise OptionError("`fisher='sampled'` draws class labels: it needs the default cross-entropy loss")
     flops_fraction = fraction(flops_fraction, "flops_fraction")
@@ -358,6 +378,7 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
     else:
         max_nnz, max_flops = budgets(nnz_fraction, flops_fraction)
 
+    allocation: dict[str, Any] = {}
     times = {k: 0.0 for k in ("gradients", "scale_search", "lipschitz", "dfo_steps", "projections",
                               "refine", "support_swaps", "backsolve", "referee", "selection",
                               "batchnorm", "objective")}
@@ -451,6 +472,15 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
             report_stages.append(_stage_entry(k + 1, nf, ff, res, time.perf_counter() - t_stage))
             if k > 0:
                 del Xk
+    elif method == "layer-reconstruction":
+        from .reconstruction import reconstruction_prune
+        rec = reconstruction_prune(model, layers, train_part[0], max_nnz, max_flops, normalization=normalization,
+                                   sequential=sequential, levels=levels, damp=damp, bn_inputs=bn_inputs,
+                                   seed=seed, allocate=allocate)
+        w, mask = rec.w, rec.mask
+        allocation = rec.allocation
+        times.update(rec.times)
+        chosen = "reconstruction"
     else:
         t = time.perf_counter()
         if method == "layerwise-magnitude":
@@ -531,7 +561,7 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
         lam2=lam_used, lipschitz=lipschitz_used, dfo_iterations=dfo_iters, n_projections=n_proj,
         backsolve_iterations=bs_iters, choice=chosen, log2_layer_scales=log2_scales, times=times,
         stages=report_stages, referee=[] if referee is None else stage_log + list(referee.log),
-        per_layer=dict(usage.per_layer))
+        per_layer=dict(usage.per_layer), allocation=allocation)
 
 
 prune_model.__signature__ = inspect.signature(_prune_model)       # type: ignore[attr-defined]

@@ -15,8 +15,9 @@ from typing import Any
 
 from .commands import BUNDLED_WEIGHTS, add_model_options
 
-METHODS = ("falcon", "falcon++", "magnitude", "layerwise-magnitude", "ratio-greedy", "obs", "nnz-only")
-"""= :data:`falcon_milp.torch.prune.METHODS`, here without importing torch."""
+METHODS = ("falcon", "falcon++", "layer-reconstruction", "magnitude", "layerwise-magnitude", "ratio-greedy",
+           "obs", "nnz-only")
+"""= :data:`falcon_milp.torch.prune.METHODS`, here without importing torch (a test checks)."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +37,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lam2-rel", type=float, default=1e-2,
                         help="ridge lam2 as a multiple of the mean diagonal of the Fisher (default 1e-2)")
     parser.add_argument("--stages", type=int, default=10, help="falcon++: number of stages (default 10)")
+    parser.add_argument("--normalization", default="fisher", choices=("fisher", "relative", "raw"),
+                        help="layer-reconstruction: how layer errors are weighed in the allocation (default fisher)")
     parser.add_argument("--max-iter", type=int, default=100, help="DFO iterations at most (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration subset and random init")
     parser.add_argument("--test-data", metavar="DIR",
@@ -130,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         report = prune_model(model, calib, args.flops_fraction, args.nnz_fraction, args.method,
                              args.solver, n_grads=args.n_grads, lam2_rel=args.lam2_rel,
                              stages=args.stages, max_iter=args.max_iter, seed=args.seed,
+                             normalization=args.normalization,
                              callback=progress)
     finally:
         if bar is not None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib.metadata
 import json
 import os
 import platform
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..executors import add_executor_options, available_cores, execute, executor_from_args
+from ..executors import add_executor_options, available_cores, execute, executor_from_args, package_versions
 
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.md"
@@ -50,13 +49,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _versions() -> str:
-    out = [f"python {platform.python_version()}"]
-    for pkg in ("falcon-milp", "torch", "dask", "distributed"):
-        try:
-            out.append(f"{pkg} {importlib.metadata.version(pkg)}")
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return ", ".join(out)
+    return package_versions(("falcon-milp", "torch", "dask", "distributed"))
 
 
 def _argv_of(args: argparse.Namespace) -> list[str]:
