@@ -12,8 +12,9 @@ this process once per item, in completion order, as results arrive:
   worker processes, default one per available core, one thread each) and closed at the end.
   A task whose worker dies is run again on another worker by the scheduler
   (``distributed.scheduler.allowed-failures`` times, then ``KilledWorker``); a task that
-  raises is retried ``retries`` times (``Client.submit(retries=...)``). Results are taken
-  with ``as_completed`` and deduplicated by item, so each item gives exactly one result.
+  raises is retried ``retries`` times (``Client.submit(retries=...)``). A few tasks per worker
+  thread are submitted ahead, the next ones as results arrive; results are taken with
+  ``as_completed`` and deduplicated by item, so each item gives exactly one result.
 
 An item that produced no result (its worker died too often, or ``fn`` raised on every try)
 goes to ``on_lost(item, message)``, which returns the result to record instead (a failure
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import itertools
 import logging
 import multiprocessing as mp
 import os
@@ -48,6 +50,11 @@ EXECUTORS = ("local", "processes", "dask")
 DEFAULT_RETRIES = 2
 """Retries of a dask task that raised (worker deaths are retried by the scheduler)."""
 CONNECT_TIMEOUT_S = 20
+CLOSE_TIMEOUT_S = 30
+QUEUE_PER_THREAD = 4
+MIN_QUEUE = 16
+"""Dask: tasks submitted ahead, per worker thread and at least; the rest are submitted as results
+arrive, so the scheduler holds a few tasks, not the whole suite (Ctrl-C cancels them at once)."""
 
 
 class ExecutorError(FalconError, ValueError):
@@ -248,6 +255,15 @@ def _start_client(config: ExecutorConfig) -> tuple[Any, Any, bool]:
         raise
 
 
+def _window(client: Any) -> int:
+    """Tasks kept submitted: :data:`QUEUE_PER_THREAD` per worker thread, at least :data:`MIN_QUEUE`."""
+    try:
+        threads = sum(client.nthreads().values())
+    except Exception:  # noqa: BLE001 - the scheduler is busy or gone: keep what we have
+        threads = 0
+    return max(MIN_QUEUE, QUEUE_PER_THREAD * threads)
+
+
 def _run_dask(fn: Callable[[Any], Any], items: Sequence[Any], config: ExecutorConfig,
               on_result: Callable[[Any], None], on_lost: Callable[[Any, str], Any] | None,
               on_start: Callable[[str], None] | None, name: str) -> int:
@@ -256,20 +272,28 @@ def _run_dask(fn: Callable[[Any], Any], items: Sequence[Any], config: ExecutorCo
     if _SYNC_CANCEL_FILTER not in tornado_log.filters:
         tornado_log.addFilter(_SYNC_CANCEL_FILTER)
     client, cluster, dashboard = _start_client(config)
-    futures: list[Any] = []
+    live: dict[Any, tuple[int, Any]] = {}        # key -> (item index, future), submitted, not yet taken
     try:
         if on_start is not None:
             n = len(client.scheduler_info().get("workers", {}))
             link = getattr(client, "dashboard_link", None) if dashboard else None
             on_start(f"{config.describe()}: {n} workers" + (f", dashboard {link}" if link else ""))
         token = uuid.uuid4().hex[:12]
-        futures = [client.submit(fn, item, key=f"{name}-{token}-{i}", pure=False, retries=config.retries)
-                   for i, item in enumerate(items)]
-        index = {f.key: i for i, f in enumerate(futures)}
+        todo = iter(enumerate(items))
+        queue = distributed.as_completed()
+
+        def submit(n: int) -> None:
+            for i, item in itertools.islice(todo, n):
+                fut = client.submit(fn, item, key=f"{name}-{token}-{i}", pure=False, retries=config.retries)
+                live[fut.key] = (i, fut)
+                queue.add(fut)
+
+        window = _window(client)
+        submit(window)
         seen: set[int] = set()
-        for fut in distributed.as_completed(futures):
-            i = index[fut.key]
-            if i in seen:          # never twice, whatever the scheduler replays
+        for fut in queue:
+            i, _ = live.pop(fut.key, (None, None))
+            if i is None or i in seen:     # never twice, whatever the scheduler replays
                 continue
             try:
                 result = fut.result()
@@ -280,11 +304,14 @@ def _run_dask(fn: Callable[[Any], Any], items: Sequence[Any], config: ExecutorCo
             seen.add(i)
             fut.release()
             on_result(result)
+            if len(seen) % 32 == 0:        # a cluster may have grown
+                window = _window(client)
+            submit(max(0, window - len(live)))
         return len(seen)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):   # the process is ending: no client chatter on stderr
             _silence_dask()
-        pending = [f for f in futures if not f.done()]
+        pending = [f for _, f in live.values() if not f.done()]
         if pending:
             try:
                 client.cancel(pending, force=True)
@@ -322,23 +349,23 @@ def _silence_dask() -> None:
 
 
 def _close(client: Any, cluster: Any) -> None:
-    """Close the client (and the cluster started here) without the scheduler's shutdown chatter
-    (closed comms, cancelled handlers: nothing the user can act on) on stderr."""
-    logger = logging.getLogger("distributed")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
+    """Close the client (and the cluster started here) without the shutdown chatter of dask
+    (closed comms, cancelled handlers: nothing the user can act on) on stderr: logging is off
+    in this process while it closes."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
     try:
         try:
-            client.close(timeout=10)
+            client.close(timeout=CLOSE_TIMEOUT_S)
         except Exception:  # noqa: BLE001 - best effort at shutdown
             pass
         if cluster is not None:
             try:
-                cluster.close(timeout=10)
+                cluster.close(timeout=CLOSE_TIMEOUT_S)
             except Exception:  # noqa: BLE001
                 pass
     finally:
-        logger.setLevel(level)
+        logging.disable(previous)
 
 
 def package_versions(packages: Sequence[str]) -> str:
