@@ -316,11 +316,14 @@ def test_falcon_plus_plus_reports_stages_with_times_and_paper_schedule():
 
 
 def test_sampled_fisher_and_summed_rows():
-    from falcon_milp.torch.prune import _gradients
+    from falcon_milp.torch.prune import _XPlan, _gradients, _targets
     model, (x, y) = tiny(5, n=40)
     layers = prunable_layers(model, x[:1])
-    X1 = _gradients(model, layers, (x, y), None, None, "empirical", 1, 0)
-    X4 = _gradients(model, layers, (x, y), None, None, "sampled", 4, 0)
+    plan = _XPlan("float32", False, None, torch.device("cpu"), "auto", None)
+    X1 = np.asarray(_gradients(model, layers, x, _targets(model, (x, y), "empirical", 0), None, 1, plan, {}))
+    ys = _targets(model, (x, y), "sampled", 0)
+    assert torch.equal(ys, _targets(model, (x, y), "sampled", 0)) and not torch.equal(ys, y)
+    X4 = np.asarray(_gradients(model, layers, x, ys, None, 4, plan, {}))
     assert X1.shape == (40, 587) and X4.shape == (10, 587)
     # same scale: both estimate a Fisher whose trace is of the same order
     assert 0.05 < float((X4 ** 2).sum()) / float((X1 ** 2).sum()) < 20

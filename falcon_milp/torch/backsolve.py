@@ -31,6 +31,13 @@ from ..exceptions import InvalidInstanceError
 from .quadratic import QuadraticModel
 
 
+#: the preconditioners of :func:`backsolve`
+PRECONDITIONERS = ("auto", "blocks", "woodbury")
+#: ``precond="auto"`` uses Woodbury from this many weights on (the MNIST nets and ResNet20 stay
+#: on the block preconditioner, MobileNetV1 and ResNet50 go to Woodbury)
+WOODBURY_MIN_WEIGHTS = 10**6
+
+
 @dataclass
 class BacksolveResult:
     """w: the new weights (zero off the mask); objective: Q(w); n_iter: PCG iterations done."""
@@ -66,79 +73,187 @@ def block_ranges(group_sizes: Sequence[int] | None, p: int, block_size: int) -> 
 class BlockPreconditioner:
     """The exact inverse of the block-diagonal part of H restricted to the support.
 
-    Built once per support: for every block the inverse L^-1 of the Cholesky factor of its
-    matrix, in the smaller of the primal (|B| x |B|) and dual (n x n, Woodbury) forms, float64,
-    computed with torch (MKL) from a Gram matrix formed in X's dtype. Storing L^-1 makes each
-    application two matrix-vector products (torch's triangular solves with one right-hand
-    side are much slower on CPU). Memory:
-    8 min(|B|, n)^2 bytes per block, plus float64 copies of the dual blocks' columns up to
-    ``cache_bytes`` (the other dual blocks are converted at each application).
+    Built once per support: for every block B (its kept part) the inverse L^-1 of the Cholesky
+    factor of its matrix, in the smaller of the primal (|B| x |B|) and dual (n x n, Woodbury)
+    forms, float64; storing L^-1 makes each application two matrix-vector products (torch's
+    triangular solves with one right-hand side are much slower on CPU). X is read once, in
+    column panels of consecutive blocks (any :class:`~.gradient_store.GradientStore`), and the
+    blocks of a panel are factored together: blocks of similar size are padded to a common
+    size (padding rows and columns are identity, which leaves the inverse of the real part
+    unchanged) and go through one batched Gram product, Cholesky factorisation and
+    triangular inverse. Memory: 8 min(|B|, n)^2 bytes per block, plus float64 copies of the
+    dual blocks' columns up to ``cache_bytes`` (the other dual blocks' columns are read again
+    at each application).
     """
 
     def __init__(self, model: QuadraticModel, mask: np.ndarray, blocks: list[tuple[int, int]],
-                 shift: float | None = None, cache_bytes: int = 256 * 2**20) -> None:
+                 shift: float | None = None, cache_bytes: int = 512 * 2**20) -> None:
         self.model = model
+        store = model.X
         n = model.n
-        c = 2.0 * model.lam2 if shift is None else float(shift)
-        if c <= 0.0:
-            # H_KK is singular when |K| > n and lam2 = 0: add a tiny ridge relative to diag(F)
-            c = 1e-8 * model.fro2 / max(model.p, 1) + 1e-300
-        self.c = c
-        self.blocks: list[tuple[np.ndarray, torch.Tensor, str, torch.Tensor, torch.Tensor | None]] = []
+        self.c = _shift(model, shift)
+        #: (global indices (nb, k), valid (nb, k), L^-1 (nb, k, k)) per batch of primal blocks
+        self.primal: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        #: (column range, kept local indices, global indices, L^-1 (n, n), cached columns) per dual block
+        self.dual: list[tuple[tuple[int, int], torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor | None]] = []
+        self.forms: list[str] = []
         cached = 0
-        for start, stop in blocks:
-            idx = start + np.flatnonzero(mask[start:stop])
-            if idx.size == 0:
+        width = store.panel_width()
+        i = 0
+        while i < len(blocks):
+            a = blocks[i][0]
+            j = i + 1
+            while j < len(blocks) and blocks[j][1] - a <= width:
+                j += 1
+            b = blocks[j - 1][1]
+            panel_mask = mask[a:b]
+            if not panel_mask.any():
+                i = j
                 continue
-            tidx = torch.from_numpy(idx)
-            XB = model.X[:, tidx]
-            keep = None
-            if idx.size <= n:
-                gram = (XB.T @ XB).to(torch.float64)
-                form = "primal"
-            else:
+            XP = store.column_panel(a, b)                       # (n, b - a), widened
+            prim: list[np.ndarray] = []
+            for start, stop in blocks[i:j]:
+                local = (start - a) + np.flatnonzero(mask[start:stop])
+                if local.size == 0:
+                    continue
+                if local.size <= n:
+                    prim.append(local)
+                    self.forms.append("primal")
+                    continue
+                self.forms.append("dual")
+                tl = torch.from_numpy(local)
+                XB = XP[:, tl]
                 gram = (XB @ XB.T).to(torch.float64)
-                form = "dual"
-                size = 8 * n * idx.size
+                gram.diagonal().add_(self.c)
+                keep = None
+                size = 8 * n * local.size
                 if cached + size <= cache_bytes:
                     keep = XB.to(torch.float64)
                     cached += size
-            gram.diagonal().add_(c)
-            self.blocks.append((idx, tidx, form, _spd_inverse(gram), keep))
+                self.dual.append(((start, stop), torch.from_numpy(local - (start - a)), a + local,
+                                  _spd_inverse(gram), keep))
+            for batch in _size_batches(prim):
+                self.primal.append(self._factor_batch(XP, a, batch))
+            del XP
+            i = j
         self.cached_bytes = cached
+
+    def _factor_batch(self, XP: torch.Tensor, a: int, batch: list[np.ndarray]
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k = max(x.size for x in batch)
+        nb = len(batch)
+        idx = np.zeros((nb, k), dtype=np.int64)
+        valid = np.zeros((nb, k), dtype=bool)
+        for r, x in enumerate(batch):
+            idx[r, :x.size] = x
+            valid[r, :x.size] = True
+        tidx, tvalid = torch.from_numpy(idx), torch.from_numpy(valid)
+        XB = XP[:, tidx.reshape(-1)].reshape(XP.shape[0], nb, k).permute(1, 0, 2)
+        XB = XB * tvalid.unsqueeze(1).to(XB.dtype)                 # padding columns are zero
+        gram = torch.bmm(XB.transpose(1, 2), XB).to(torch.float64)
+        gram.diagonal(dim1=1, dim2=2).add_(torch.where(tvalid, self.c, 1.0).to(torch.float64))
+        return tidx + a, tvalid, _spd_inverse(gram)
 
     def apply(self, v: np.ndarray) -> np.ndarray:
         """M v for a (p,) vector (entries off the support are ignored and returned as 0)."""
-        out = np.zeros(v.shape[0], dtype=np.float64)
-        for idx, tidx, form, inv, keep in self.blocks:
-            vb = torch.from_numpy(v[idx])
-            if form == "primal":
-                out[idx] = torch.mv(inv.T, torch.mv(inv, vb)).numpy()
-            else:
-                XB = keep if keep is not None else self.model.X[:, tidx].to(torch.float64)
-                y = torch.mv(inv.T, torch.mv(inv, torch.mv(XB, vb)))
-                out[idx] = ((vb - torch.mv(XB.T, y)) / self.c).numpy()
-        return out
+        out = torch.zeros(v.shape[0], dtype=torch.float64)
+        vt = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64))
+        for gidx, valid, inv in self.primal:
+            vb = (vt[gidx] * valid).unsqueeze(2)                     # (nb, k, 1)
+            y = torch.bmm(inv.transpose(1, 2), torch.bmm(inv, vb)).squeeze(2)
+            out[gidx[valid]] = y[valid]
+        store = self.model.X
+        for (start, stop), local, gidx, inv, keep in self.dual:
+            XB = keep if keep is not None else store.column_panel(start, stop)[:, local].to(torch.float64)
+            vb = vt[torch.from_numpy(gidx)]
+            y = torch.mv(inv.T, torch.mv(inv, torch.mv(XB, vb)))
+            out[torch.from_numpy(gidx)] = (vb - torch.mv(XB.T, y)) / self.c
+        return out.numpy()
+
+
+class WoodburyPreconditioner:
+    """The exact inverse of H_KK = X_K^T X_K + c I for the whole support K (|K| > n), by
+    Woodbury: H_KK^-1 v = (v - X_K^T (c I_n + X_K X_K^T)^-1 X_K v) / c.
+
+    One n x n float64 system for all layers together (the cross-layer curvature included), so
+    preconditioned CG is exact in one step up to round-off. Building it costs one pass over X
+    in column panels (the Gram X_K X_K^T, 2 n^2 |K| flops, in float64); each application costs
+    two passes (X v and X^T y). Memory: 8 n^2 bytes.
+    """
+
+    def __init__(self, model: QuadraticModel, mask: np.ndarray, shift: float | None = None) -> None:
+        self.model = model
+        self.mask = np.asarray(mask, dtype=bool)
+        self.c = _shift(model, shift)
+        store = model.X
+        n = model.n
+        gram = torch.zeros((n, n), dtype=torch.float64)
+        width = max(1, store.panel_width() // 2)
+        for a in range(0, model.p, width):
+            b = min(model.p, a + width)
+            kept = np.flatnonzero(self.mask[a:b])
+            if kept.size == 0:
+                continue
+            XK = store.column_panel(a, b)[:, torch.from_numpy(kept)].to(torch.float64)
+            gram += XK @ XK.T
+        gram.diagonal().add_(self.c)
+        self.inv = _spd_inverse(gram)
+        self.forms = ["woodbury"]
+
+    def apply(self, v: np.ndarray) -> np.ndarray:
+        """M v for a (p,) vector (entries off the support are ignored and returned as 0)."""
+        vk = np.where(self.mask, v, 0.0)
+        u = torch.from_numpy(self.model.X.matvec(vk))
+        y = torch.mv(self.inv.T, torch.mv(self.inv, u)).numpy()
+        return np.where(self.mask, (vk - self.model.X.rmatvec(y)) / self.c, 0.0)
+
+
+def _shift(model: QuadraticModel, shift: float | None) -> float:
+    c = 2.0 * model.lam2 if shift is None else float(shift)
+    if c <= 0.0:
+        # H_KK is singular when |K| > n and lam2 = 0: add a tiny ridge relative to diag(F)
+        c = 1e-8 * model.fro2 / max(model.p, 1) + 1e-300
+    return c
+
+
+def _size_batches(blocks: list[np.ndarray], slack: float = 1.25, max_entries: int = 2**24) -> list[list[np.ndarray]]:
+    """Group blocks by size: within a batch the largest is at most ``slack`` x the smallest
+    (+ 16), and nb k^2 stays under ``max_entries`` (so a batch's float64 factors take <= 128 MiB)."""
+    out: list[list[np.ndarray]] = []
+    for blk in sorted(blocks, key=lambda x: x.size):
+        if out:
+            cur = out[-1]
+            k = blk.size
+            if k <= slack * cur[0].size + 16 and (len(cur) + 1) * k * k <= max_entries:
+                cur.append(blk)
+                continue
+        out.append([blk])
+    return out
 
 
 def _spd_inverse(a: torch.Tensor) -> torch.Tensor:
-    """L^-1 for the Cholesky factor L of a symmetric positive definite matrix (so that
-    a^-1 = L^-T L^-1), with a growing jitter if round-off made ``a`` indefinite."""
-    scale = float(a.diagonal().mean()) or 1.0
-    jitter = 0.0
-    eye = torch.eye(a.shape[0], dtype=a.dtype)
-    for _ in range(8):
-        if jitter:
-            a = a + jitter * eye
-        factor, info = torch.linalg.cholesky_ex(a)
-        if int(info) == 0:
-            return torch.linalg.solve_triangular(factor, eye, upper=False)
-        jitter = max(jitter * 10.0, 1e-12 * scale)
+    """L^-1 for the Cholesky factor L of symmetric positive definite matrices (a single (k, k)
+    or a batch (nb, k, k)), so that a^-1 = L^-T L^-1; the matrices that round-off made
+    indefinite get a growing jitter."""
+    batched = a.ndim == 3
+    if not batched:
+        a = a.unsqueeze(0)
+    scale = a.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-300)       # (nb,)
+    eye = torch.eye(a.shape[1], dtype=a.dtype).expand_as(a)
+    jitter = torch.zeros_like(scale)
+    for _ in range(9):
+        m = a + jitter[:, None, None] * eye if bool((jitter > 0).any()) else a
+        factor, info = torch.linalg.cholesky_ex(m)
+        bad = info != 0
+        if not bool(bad.any()):
+            inv = torch.linalg.solve_triangular(factor, eye, upper=False)
+            return inv if batched else inv[0]
+        jitter = torch.where(bad, torch.maximum(jitter * 10.0, 1e-12 * scale), jitter)
     raise np.linalg.LinAlgError("backsolve: block matrix is not positive definite")
 
 
 def conjugate_gradient(model: QuadraticModel, w: np.ndarray, mask: np.ndarray, *, max_iter: int,
-                       tol: float = 1e-6, precond: BlockPreconditioner | None = None,
+                       tol: float = 1e-6, precond: "BlockPreconditioner | WoodburyPreconditioner | None" = None,
                        grad: np.ndarray | None = None) -> tuple[np.ndarray, int, bool]:
     """Minimise Q over vectors supported on ``mask`` starting from ``w`` (zero off the mask).
 
@@ -179,9 +294,14 @@ def conjugate_gradient(model: QuadraticModel, w: np.ndarray, mask: np.ndarray, *
 
 def backsolve(model: QuadraticModel, mask: np.ndarray, *, w_start: np.ndarray | None = None,
               group_sizes: Sequence[int] | None = None, block_size: int = 2000, max_iter: int = 10,
-              tol: float = 1e-6) -> BacksolveResult:
-    """Minimise Q on the support ``mask`` by block-preconditioned CG (see module docstring).
+              tol: float = 1e-6, precond: str = "auto") -> BacksolveResult:
+    """Minimise Q on the support ``mask`` by preconditioned CG (see module docstring).
 
+    precond : ``"blocks"`` (the block-diagonal inverse, :class:`BlockPreconditioner`),
+    ``"woodbury"`` (the exact inverse of H_KK through one n x n system,
+    :class:`WoodburyPreconditioner`; used only when the support is larger than n) or
+    ``"auto"``: woodbury for large networks (p >= :data:`WOODBURY_MIN_WEIGHTS`), where every CG
+    iteration is a costly pass over X and the block factors would take gigabytes.
     w_start : starting point (default ``w0 * mask``); its entries off the mask are dropped.
     group_sizes : layer sizes, so that blocks never cross a layer (default: one group).
     max_iter=1 gives the papers' block-diagonal backsolve; more iterations solve exactly.
@@ -192,15 +312,24 @@ def backsolve(model: QuadraticModel, mask: np.ndarray, *, w_start: np.ndarray | 
         raise InvalidInstanceError(f"`mask` must have p = {model.p} entries; got {mask.size}")
     if not isinstance(max_iter, (int, np.integer)) or isinstance(max_iter, bool) or max_iter < 0:
         raise InvalidInstanceError(f"`max_iter` must be an integer >= 0; got {max_iter!r}")
+    if precond not in PRECONDITIONERS:
+        raise InvalidInstanceError(f"`precond` must be one of {', '.join(PRECONDITIONERS)}; got {precond!r}")
+    if precond == "auto":
+        precond = "woodbury" if model.p >= WOODBURY_MIN_WEIGHTS else "blocks"
     start = model.w0 if w_start is None else np.asarray(w_start, dtype=np.float64).reshape(-1)
     w = np.where(mask, start, 0.0)
     t0 = time.perf_counter()
     q0, grad = model.value_and_grad(w)
     blocks = block_ranges(group_sizes, model.p, block_size)
-    precond = BlockPreconditioner(model, mask, blocks) if max_iter > 0 else None
+    pre: BlockPreconditioner | WoodburyPreconditioner | None = None
+    if max_iter > 0:
+        if precond == "woodbury" and int(mask.sum()) > model.n:
+            pre = WoodburyPreconditioner(model, mask)
+        else:
+            pre = BlockPreconditioner(model, mask, blocks)
     t1 = time.perf_counter()
     w_new, it, converged = conjugate_gradient(model, w, mask, max_iter=max_iter, tol=tol,
-                                              precond=precond, grad=grad)
+                                              precond=pre, grad=grad)
     q1 = model.value(w_new)
     if q1 > q0:          # cannot happen in exact arithmetic; guard against float32 round-off
         w_new, q1 = w, q0

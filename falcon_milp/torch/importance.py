@@ -107,27 +107,26 @@ def obs_inverse_diagonal(X: Any, lam2: float, block: int = 8192) -> np.ndarray:
     """
     if not (isinstance(lam2, (int, float)) and math.isfinite(lam2) and lam2 > 0):
         raise OptionError(f"`lam2` must be a finite number > 0; got {lam2!r}")
-    Xt = torch.as_tensor(X)
-    if Xt.ndim != 2:
-        raise OptionError(f"`X` must be a 2-D (n, p) array; got shape {tuple(Xt.shape)}")
-    n, p = Xt.shape
+    from .gradient_store import as_store
+    store = as_store(X)
+    n, p = store.shape
     c = 2.0 * float(lam2)
     if p <= n:  # the primal p x p system is the smaller one (and avoids cancellation in 1 - t)
-        X64 = Xt.to(torch.float64)
+        X64 = store.column_panel(0, p).to(torch.float64)
         H = X64.T @ X64 + c * torch.eye(p, dtype=torch.float64)
         L = torch.linalg.cholesky(H)
         Linv = torch.linalg.solve_triangular(L, torch.eye(p, dtype=torch.float64), upper=False)
         return (Linv * Linv).sum(0).numpy()      # H^-1 = L^-T L^-1: diag = column norms of L^-1
     K = torch.zeros((n, n), dtype=torch.float64)
     for j in range(0, p, block):
-        Xb = Xt[:, j:j + block].to(torch.float64)
+        Xb = store.column_panel(j, min(p, j + block)).to(torch.float64)
         K += Xb @ Xb.T
     s, U = torch.linalg.eigh(K)
     s = s.clamp_min(0.0)
     weight = 1.0 / (c + s)                       # (n,)
     out = np.empty(p, dtype=np.float64)
     for j in range(0, p, block):
-        Xb = Xt[:, j:j + block].to(torch.float64)
+        Xb = store.column_panel(j, min(p, j + block)).to(torch.float64)
         Y = U.T @ Xb                             # (n, b)
         t = (Y * Y * weight[:, None]).sum(0)
         d = (1.0 - t) / c

@@ -49,7 +49,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -59,13 +59,16 @@ from torch.nn.utils import parametrize
 
 from ..instance import nnz_from_fraction
 from . import OptionError
-from .backsolve import backsolve
+from .backsolve import PRECONDITIONERS, backsolve
 from .batchnorm import has_batchnorm, recalibrate_batchnorm
 from .dfo import STEP_RULES, Projector
+from .gradient_store import STORE_DTYPES, GradientStore, choose_storage
 from .flops import (PrunableLayer, dense_flops, dense_nnz, flat_weights, flops_vector, group_sizes,
                     prunable_layers)
 from .masks import layer_usage, write_weights
-from .options import Calib, check_calib, choice, fraction, grid, int_option, real_option
+from .memory import available_memory, peak_rss, reset_peak
+from .options import (Calib, check_calib, choice, device_option, fraction, grid, int_option, new_file_option,
+                      real_option)
 from .quadratic import QuadraticModel
 from .referee import CRITERIA, Referee, mean_loss, split_calibration
 from .schedules import stage_budgets
@@ -92,7 +95,10 @@ class PruneReport:
     (loss, accuracy, score), then ``magnitude`` and ``result`` of the safeguard; ``choice``:
     the chosen candidate; ``fallback`` is ``"magnitude"`` when the safeguard replaced it.
     ``n_grads``: examples behind the gradients (X has n_grads / grads_per_row rows); ``fisher``:
-    which Fisher X estimates.
+    which Fisher X estimates. ``x_storage`` / ``x_bytes``: where X was kept and its size;
+    ``grad_strategy`` / ``grad_examples_per_second``: how the per-sample gradients were
+    computed and how fast; ``peak_memory_bytes``: the peak resident memory of this call
+    (``peak_memory_scope="call"``, Linux) or of the process so far (``"process"``).
     """
 
     method: str
@@ -134,6 +140,13 @@ class PruneReport:
     referee: list[dict[str, Any]] = field(default_factory=list)
     per_layer: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     allocation: dict[str, Any] = field(default_factory=dict)
+    x_storage: str = ""
+    x_bytes: int = 0
+    device: str = "cpu"
+    grad_strategy: str = ""
+    grad_examples_per_second: float | None = None
+    peak_memory_bytes: int = 0
+    peak_memory_scope: str = "call"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,30 +163,118 @@ def _subsample(calib: Calib, n: int, seed: int, stage: int = 0) -> Calib:
 
 
 # ----------------------------------------------------------------------------- pieces
-def _gradients(model: nn.Module, layers: Sequence[PrunableLayer], calib: Calib,
-               loss_fn: Callable | None, chunk_size: int | None, fisher: str, grads_per_row: int,
-               seed: int) -> np.ndarray:
-    """X: float32 numpy (rows, p), rows = (sums of ``grads_per_row``) per-sample gradients,
-    scaled so that X^T X estimates the Fisher (empirical, or sampled from the model)."""
-    from .gradients import per_sample_grads
+@dataclass(frozen=True)
+class _XPlan:
+    """Where and how X is computed and stored (chosen once per run)."""
+
+    dtype: str
+    on_disk: bool
+    path: str | None
+    device: torch.device
+    strategy: str
+    chunk_size: int | None
+
+
+def _targets(model: nn.Module, calib: Calib, fisher: str, seed: int) -> torch.Tensor:
+    """The labels behind X: the observed ones, or (``fisher="sampled"``) drawn from the model's
+    predictive distribution at its current weights (generator seeded by ``seed``)."""
     x, y = calib
-    if fisher == "sampled":
-        with torch.no_grad():
-            was = model.training
-            model.eval()
-            try:
-                logits = torch.cat([model(x[s:s + 512]) for s in range(0, x.shape[0], 512)])
-            finally:
-                model.train(was)
-        gen = torch.Generator().manual_seed(int(seed) + 104_729)
-        y = torch.multinomial(torch.softmax(logits.double(), dim=1), 1, generator=gen).squeeze(1)
-    G = per_sample_grads(model, x, y, layers, loss_fn, chunk_size)
+    if fisher != "sampled":
+        return y
+    with torch.no_grad():
+        was = model.training
+        model.eval()
+        try:
+            logits = torch.cat([model(x[s:s + 512]) for s in range(0, x.shape[0], 512)])
+        finally:
+            model.train(was)
+    gen = torch.Generator().manual_seed(int(seed) + 104_729)
+    return torch.multinomial(torch.softmax(logits.double(), dim=1), 1, generator=gen).squeeze(1)
+
+
+def _on_device(model: nn.Module, layers: Sequence[PrunableLayer], device: torch.device
+               ) -> tuple[nn.Module, list[PrunableLayer]]:
+    """The model and its layers on ``device`` (a copy unless it is the CPU)."""
+    if device.type == "cpu":
+        return model, list(layers)
+    import copy
+    import dataclasses
+    names = {id(m): n for n, m in model.named_modules()}
+    twin = copy.deepcopy(model).to(device)
+    mods = dict(twin.named_modules())
+    return twin, [dataclasses.replace(l, module=mods[names[id(l.module)]]) for l in layers]
+
+
+def _gradient_rows(model: nn.Module, layers: Sequence[PrunableLayer], x: torch.Tensor, y: torch.Tensor,
+                   loss_fn: Callable | None, grads_per_row: int, plan: _XPlan,
+                   sink: Callable[[int, torch.Tensor], None], stats: dict[str, Any], *,
+                   weights_at: torch.Tensor | None = None,
+                   buffers: dict[str, torch.Tensor] | None = None) -> int:
+    """Feed the rows of X to ``sink(first_row, rows)``: each row the sum of ``grads_per_row``
+    consecutive per-sample gradients / sqrt(grads_per_row), then / sqrt(rows), so that X^T X
+    estimates the Fisher. Returns the number of rows."""
+    from .gradients import default_chunk_size, iter_per_sample_grads
     m = grads_per_row
-    if m > 1:
-        rows = G.shape[0] // m
-        G = G[:rows * m].reshape(rows, m, -1).sum(dim=1) / math.sqrt(m)
-    G /= math.sqrt(G.shape[0])
-    return G.numpy()
+    rows = x.shape[0] // m
+    dev_model, dev_layers = _on_device(model, layers, plan.device)
+    p = dense_nnz(layers)
+    chunk = plan.chunk_size or default_chunk_size(p)
+    chunk = max(m, chunk // m * m)                 # whole rows per chunk
+    xs, ys = x[:rows * m].to(plan.device), y[:rows * m].to(plan.device)
+    if buffers is not None and plan.device.type != "cpu":
+        buffers = {k: v.to(plan.device) for k, v in buffers.items()}
+    for start, G in iter_per_sample_grads(dev_model, xs, ys, dev_layers, loss_fn, chunk,
+                                          strategy=plan.strategy, stats=stats,
+                                          weights_at=weights_at, buffers=buffers):
+        if m > 1:
+            G = G.reshape(-1, m, G.shape[1]).sum(dim=1) / math.sqrt(m)
+        G /= math.sqrt(rows)
+        sink(start // m, G)
+    return rows
+
+
+def _gradients(model: nn.Module, layers: Sequence[PrunableLayer], x: torch.Tensor, y: torch.Tensor,
+               loss_fn: Callable | None, grads_per_row: int, plan: _XPlan, stats: dict[str, Any]) -> GradientStore:
+    """X as a :class:`~.gradient_store.GradientStore` laid out as ``plan`` says."""
+    rows = x.shape[0] // grads_per_row
+    p = dense_nnz(layers)
+    if plan.on_disk:
+        if plan.path is None:
+            import os
+            import tempfile
+            fd, path = tempfile.mkstemp(prefix="falcon-x-", suffix=".bin")
+            os.close(fd)
+            os.remove(path)
+        else:
+            path = plan.path
+        store = GradientStore(rows, p, plan.dtype, path)
+    else:
+        store = GradientStore(rows, p, plan.dtype, device=plan.device)
+    try:
+        _gradient_rows(model, layers, x, y, loss_fn, grads_per_row, plan, store.write_rows, stats)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _streamed_objective(model: nn.Module, layers: Sequence[PrunableLayer], x: torch.Tensor, y: torch.Tensor,
+                        loss_fn: Callable | None, grads_per_row: int, plan: _XPlan, w0: np.ndarray,
+                        buffers0: dict[str, torch.Tensor], lam2: float, w: np.ndarray) -> float:
+    """Q0(w) = 1/2 ||X0 (w - w0)||^2 + lam2 ||w - w0||^2 without storing X0: the gradients at
+    w0 (and the original BatchNorm statistics) are recomputed chunk by chunk and only X0 d kept."""
+    d = torch.from_numpy(np.asarray(w, dtype=np.float64) - w0)
+    parts: list[float] = []
+
+    d32 = d.to(torch.float32)
+
+    def sink(_: int, rows: torch.Tensor) -> None:
+        r = torch.mv(rows, d32.to(rows.device)).to("cpu", torch.float64)
+        parts.append(float(r @ r))
+
+    _gradient_rows(model, layers, x, y, loss_fn, grads_per_row, plan, sink, {},
+                   weights_at=torch.from_numpy(w0), buffers=buffers0)
+    return 0.5 * sum(parts) + lam2 * float(d @ d)
 
 
 def _layerwise_mask(w: np.ndarray, sizes: np.ndarray, flops: np.ndarray, max_nnz: int | None,
@@ -259,7 +360,9 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
                 chunk_size: int | None = None, compute_objective: bool = True,
                 keep_masks: bool = False, solver_options: dict[str, Any] | None = None,
                 normalization: str = "fisher", sequential: bool = True, levels: int = 48, damp: float = 1e-2,
-                allocate: str = "milp",
+                allocate: str = "milp", x_dtype: str | None = None, x_path: str | None = None,
+                max_memory: int | None = None, device: str = "cpu", grad_strategy: str = "auto",
+                backsolve_precond: str = "auto",
                 callback: Callable[[str, int, float], None] | None = None) -> PruneReport:
     """Prune ``model`` in place and return a :class:`PruneReport`.
 
@@ -304,8 +407,20 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
         (``"fisher"``, ``"relative"``, ``"raw"``), re-fit layer by layer on the pruned network's
         inputs, kept-count levels per layer, ridge of H (x mean diag), ``"milp"`` (exact
         allocation) or ``"uniform"`` (the same kept fraction in every layer: an ablation).
+    x_dtype, x_path, max_memory : where X lives (:mod:`.gradient_store`): ``x_dtype`` one of
+        ``"float32"``, ``"bfloat16"``, ``"float16"``, ``"float64"`` in memory, or in the new
+        file ``x_path`` (scratch, deleted after the run; default dtype bfloat16); by default
+        chosen from ``max_memory`` bytes (default: what the machine has free now): float32 if
+        X takes at most half of it, else bfloat16 if that does, else a bfloat16 temporary file.
+        FALCON++ holds one X at a time (the report's Q at the original weights is recomputed
+        by streaming the gradients at the end instead of keeping the first stage's X).
+    device : where the per-sample gradients, X and its products run (``"cpu"``, ``"cuda"``);
+        the ILP, the referee and the BatchNorm passes stay with the model.
+    grad_strategy : ``"auto"`` (time both on the first chunk), ``"vmap"`` or ``"loop"``
+        (:mod:`.gradients`). backsolve_precond : :func:`.backsolve.backsolve`'s ``precond``.
     """
     t_start = time.perf_counter()
+    peak_reset = reset_peak()
     if not isinstance(model, nn.Module):
         raise OptionError(f"`model` must be a torch.nn.Module; got {type(model).__name__}")
     choice(metric, "metric", ("euclidean", "fisher-diagonal"))
@@ -324,6 +439,16 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
     damp = real_option(damp, "damp", strict=True)
     if not isinstance(sequential, bool):
         raise OptionError(f"`sequential` must be True or False; got {sequential!r}")
+    if x_dtype is not None:
+        choice(x_dtype, "x_dtype", tuple(STORE_DTYPES))
+    x_path = new_file_option(x_path, "x_path")
+    if max_memory is not None:
+        max_memory = int_option(max_memory, "max_memory", 1)
+    dev = device_option(device)
+    if x_path is not None and dev.type != "cpu":
+        raise OptionError("`x_path` (X in a file) works with `device='cpu'` only")
+    choice(grad_strategy, "grad_strategy", ("auto", "vmap", "loop"))
+    choice(backsolve_precond, "backsolve_precond", PRECONDITIONERS)
     if fisher == "sampled" and loss_fn is not None:
         raise OptionError("`fisher='sampled'` draws class labels: it needs the default cross-entropy loss")
     flops_fraction = fraction(flops_fraction, "flops_fraction")
@@ -395,27 +520,47 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
     log2_scales: list[float] = []
     lipschitz_used: float | None = None
 
-    def grads_at(data: Calib, stage: int) -> np.ndarray:
+    budget = available_memory() if max_memory is None else max_memory
+    store_dtype, on_disk = choose_storage(calib[0].shape[0] // grads_per_row, p, budget, x_dtype,
+                                          x_path is not None)
+    if chunk_size is None:
+        from .gradients import default_chunk_size
+        chunk_size = default_chunk_size(p, int(min(2**30, max(2**26, budget // 64))))
+    xplan = _XPlan(store_dtype, on_disk, x_path, dev, grad_strategy, chunk_size)
+    grad_stats: dict[str, Any] = {}
+    labels0: torch.Tensor | None = None
+    buffers0 = {k: b.detach().clone() for k, b in model.named_buffers()}
+    x_bytes = 0
+
+    def grads_at(data: Calib, stage: int) -> GradientStore:
+        nonlocal labels0, x_bytes
         t = time.perf_counter()
-        X = _gradients(model, layers, data, loss_fn, chunk_size, fisher, grads_per_row, seed + stage)
+        y = _targets(model, data, fisher, seed + stage)
+        if stage == 0:
+            labels0 = y
+        X = _gradients(model, layers, data[0], y, loss_fn, grads_per_row,
+                       replace(xplan, strategy=grad_stats.get("strategy", xplan.strategy)), grad_stats)
+        x_bytes = max(x_bytes, X.nbytes)
         times["gradients"] += time.perf_counter() - t
         return X
 
-    def mean_grad(X: np.ndarray, data: Calib) -> np.ndarray | None:
+    def mean_grad(X: GradientStore, data: Calib) -> np.ndarray | None:
         if not alpha:
             return None
         if fisher == "empirical":      # rows: sums of m gradients / sqrt(m * rows)
-            return X.sum(axis=0, dtype=np.float64) / math.sqrt(X.shape[0] * grads_per_row)
+            return X.column_sums() / math.sqrt(X.shape[0] * grads_per_row)
         from .gradients import summed_grad
         return (summed_grad(model, data[0], data[1], layers) / data[0].shape[0]).numpy()
 
     # quadratic model at the original weights (for every method that needs or reports Q)
     q0: QuadraticModel | None = None
-    X0: np.ndarray | None = None
+    X0: GradientStore | None = None
+    obj_before: float | None = None
     if method in _NEEDS_GRADS or compute_objective:
         X0 = grads_at(calib, 0)
         q0 = QuadraticModel(X0, w0, 0.0)
         q0.lam2 = (lam2 if lam2 is not None else lam2_grid[len(lam2_grid) // 2] * q0.fro2 / max(p, 1))
+    q0_lam2 = 0.0 if q0 is None else q0.lam2
 
     def make_projector(s: int | None, f: float | None) -> Projector:
         return Projector(sizes, fpw, s, f, solver=solver, names=names, solver_options=opts)
@@ -424,14 +569,21 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
     cfg = StageConfig(lam2=lam2, lam2_rel=lam2_grid, alpha=alpha, metric=metric, layer_scales=layer_scales,
                       update_steps=steps_grid, support_iters=support_iters, step=step, max_iter=max_iter,
                       tol=tol, patience=patience, refine_iters=refine_iters, block_size=block_size,
-                      backsolve_iters=backsolve_iters)
+                      backsolve_iters=backsolve_iters, backsolve_precond=backsolve_precond)
+    if q0 is not None:           # Q at FLOP-aware magnitude, for the report
+        t = time.perf_counter()
+        imp0 = w0 * w0
+        if metric == "fisher-diagonal" and method in _STAGED:
+            imp0 = q0.diag_hessian() * imp0
+        obj_before = q0.value(np.where(proj(imp0), w0, 0.0))
+        times["objective"] += time.perf_counter() - t
 
     def cb(phase: str) -> Callable[[int, float], None] | None:
         if callback is None:
             return None
         return lambda it, q: callback(phase, it, q)
 
-    def stage(X: np.ndarray, w_cur: np.ndarray, projector: Projector, data: Calib, k: int,
+    def stage(X: GradientStore, w_cur: np.ndarray, projector: Projector, data: Calib, k: int,
               phase: str, scales_start: Sequence[float] | None = None) -> StageResult:
         nonlocal dfo_iters, n_proj, bs_iters, lipschitz_used
         if referee is not None:
@@ -470,8 +622,8 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
             w, mask = res.w, res.mask
             chosen, lam_used, log2_scales = res.choice, res.lam2, res.log2_scales
             report_stages.append(_stage_entry(k + 1, nf, ff, res, time.perf_counter() - t_stage))
-            if k > 0:
-                del Xk
+            Xk.close()                     # one X at a time: the report's Q0 is streamed
+            q0 = None
     elif method == "layer-reconstruction":
         from .reconstruction import reconstruction_prune
         rec = reconstruction_prune(model, layers, train_part[0], max_nnz, max_flops, normalization=normalization,
@@ -503,7 +655,8 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
         if method == "obs":
             assert q0 is not None
             t = time.perf_counter()
-            bs = backsolve(q0, mask, group_sizes=sizes, block_size=block_size, max_iter=backsolve_iters)
+            bs = backsolve(q0, mask, group_sizes=sizes, block_size=block_size, max_iter=backsolve_iters,
+                           precond=backsolve_precond)
             times["backsolve"] += time.perf_counter() - t
             w, bs_iters = bs.w, bs.n_iter
             lam_used = q0.lam2
@@ -529,16 +682,21 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
     bn_count = recalibrate_batchnorm(model, bn_inputs) if bn_inputs is not None else 0
     times["batchnorm"] += time.perf_counter() - t
 
-    obj_before = obj_after = None
-    if q0 is not None:
+    obj_after = None
+    if obj_before is not None:
         t = time.perf_counter()
-        imp0 = w0 * w0
-        if metric == "fisher-diagonal" and method in _STAGED:
-            imp0 = q0.diag_hessian() * imp0
-        start_mask = proj(imp0) if method != "magnitude" else mask
-        obj_before = q0.value(np.where(start_mask, w0, 0.0))
-        obj_after = q0.value(flat_weights(layers, torch.float64).numpy())
+        w_final = flat_weights(layers, torch.float64).numpy()
+        if q0 is not None:
+            obj_after = q0.value(w_final)
+        else:                          # falcon++ dropped X0: recompute X0 d by streaming
+            assert labels0 is not None
+            obj_after = _streamed_objective(model, layers, calib[0], labels0, loss_fn, grads_per_row,
+                                            replace(xplan, strategy=grad_stats.get("strategy", "auto"),
+                                                    on_disk=False),
+                                            w0, buffers0, q0_lam2, w_final)
         times["objective"] += time.perf_counter() - t
+    if X0 is not None:
+        X0.close()
     loss_after = mean_loss(model, calib, loss_fn).loss
     val_after = mean_loss(model, val, loss_fn) if val is not None else None
     usage = layer_usage(layers)
@@ -561,7 +719,11 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
         lam2=lam_used, lipschitz=lipschitz_used, dfo_iterations=dfo_iters, n_projections=n_proj,
         backsolve_iterations=bs_iters, choice=chosen, log2_layer_scales=log2_scales, times=times,
         stages=report_stages, referee=[] if referee is None else stage_log + list(referee.log),
-        per_layer=dict(usage.per_layer), allocation=allocation)
+        per_layer=dict(usage.per_layer), allocation=allocation,
+        x_storage="" if not x_bytes else f"{'file' if on_disk else 'memory'} {store_dtype}",
+        x_bytes=x_bytes, device=str(dev), grad_strategy=grad_stats.get("strategy", ""),
+        grad_examples_per_second=grad_stats.get("examples_per_second"),
+        peak_memory_bytes=peak_rss(), peak_memory_scope="call" if peak_reset else "process")
 
 
 prune_model.__signature__ = inspect.signature(_prune_model)       # type: ignore[attr-defined]

@@ -14,11 +14,11 @@ the Fisher's diagonal; :func:`default_lam2` picks it relative to mean(diag F) = 
 
     grad Q(w) = X^T (X d) + 2 lam2 d + alpha g          (two passes over X: O(np))
 
-``X`` is kept in its own dtype (float32 in pruning runs) as a torch tensor (a numpy array is
-wrapped without a copy): the matrix products run in torch (MKL), which stays fast when the
-cores are shared, where numpy's OpenBLAS threads slow down badly. Vectors are float64 numpy
-arrays on the outside; they are cast to X's dtype for the products (so no float64 copy of X
-is ever made) and the results are returned in float64.
+``X`` is held by a :class:`~.gradient_store.GradientStore` (an array or tensor is wrapped
+without a copy): float32/float64 in memory (products are single torch BLAS calls, which stay
+fast when the cores are shared, where numpy's OpenBLAS threads slow down badly), 16-bit in
+memory, or a file, both streamed in blocks widened to float32. Vectors are float64 numpy
+arrays on the outside; the results are returned in float64 and no float64 copy of X is made.
 """
 from __future__ import annotations
 
@@ -29,24 +29,14 @@ import numpy as np
 import torch
 
 from ..exceptions import InvalidInstanceError
+from .gradient_store import GradientStore, as_store
 
-Matrix = np.ndarray | torch.Tensor
-
-
-def as_tensor(X: Matrix) -> torch.Tensor:
-    """A CPU tensor view of X (numpy arrays are wrapped without a copy)."""
-    if isinstance(X, torch.Tensor):
-        return X.detach()
-    return torch.from_numpy(np.ascontiguousarray(X))
+Matrix = np.ndarray | torch.Tensor | GradientStore
 
 
 def frobenius2(X: Matrix) -> float:
-    """||X||_F^2, row blocks' norms in X's dtype summed in float64 (no copy of X)."""
-    Xt = as_tensor(X)
-    total = 0.0
-    for i in range(0, Xt.shape[0], 64):
-        total += float(torch.linalg.vector_norm(Xt[i:i + 64])) ** 2
-    return total
+    """||X||_F^2, row blocks' norms summed in float64 (no copy of X)."""
+    return as_store(X).frobenius2()
 
 
 def default_lam2(X: Matrix, rel: float = 1e-2) -> float:
@@ -72,13 +62,16 @@ class QuadraticModel:
     g: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.X, (np.ndarray, torch.Tensor)):
-            raise InvalidInstanceError(f"`X` must be a numpy array or a tensor; got {type(self.X).__name__}")
-        if self.X.ndim != 2:
-            raise InvalidInstanceError(f"`X` must be a 2-D (n, p) array; got shape {tuple(self.X.shape)}")
-        if self.X.dtype not in (np.float32, np.float64, torch.float32, torch.float64):
-            raise InvalidInstanceError(f"`X` must be float32 or float64; got dtype {self.X.dtype}")
-        X = as_tensor(self.X)
+        if not isinstance(self.X, (np.ndarray, torch.Tensor, GradientStore)):
+            raise InvalidInstanceError(f"`X` must be a numpy array, a tensor or a GradientStore; "
+                                       f"got {type(self.X).__name__}")
+        if not isinstance(self.X, GradientStore):
+            if self.X.ndim != 2:
+                raise InvalidInstanceError(f"`X` must be a 2-D (n, p) array; got shape {tuple(self.X.shape)}")
+            if self.X.dtype not in (np.float32, np.float64, torch.float32, torch.float64,
+                                    torch.bfloat16, torch.float16, np.float16):
+                raise InvalidInstanceError(f"`X` must be float32, float64, bfloat16 or float16; got dtype {self.X.dtype}")
+        X = as_store(self.X)
         w0 = np.asarray(self.w0, dtype=np.float64).reshape(-1)
         if w0.size != X.shape[1]:
             raise InvalidInstanceError(
@@ -101,9 +94,7 @@ class QuadraticModel:
     @property
     def fro2(self) -> float:
         """||X||_F^2 = trace of the Fisher (computed once)."""
-        if getattr(self, "_fro2", None) is None:
-            self._fro2 = frobenius2(self.X)
-        return self._fro2
+        return self.X.frobenius2()
 
     @property
     def n(self) -> int:
@@ -114,20 +105,17 @@ class QuadraticModel:
         return int(self.X.shape[1])
 
     # ------------------------------------------------------------------ products
-    def _vec(self, v: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(v)).to(self.X.dtype)
-
     def matvec(self, d: np.ndarray) -> np.ndarray:
         """X d as float64 (n,)."""
-        return torch.mv(self.X, self._vec(d)).numpy().astype(np.float64)
+        return self.X.matvec(d)
 
     def rmatvec(self, r: np.ndarray) -> np.ndarray:
         """X^T r as float64 (p,)."""
-        return torch.mv(self.X.T, self._vec(r)).numpy().astype(np.float64)
+        return self.X.rmatvec(r)
 
     def hessvec(self, d: np.ndarray) -> np.ndarray:
         """(X^T X + 2 lam2 I) d, the Hessian of Q applied to d."""
-        return self.rmatvec(self.matvec(d)) + 2.0 * self.lam2 * np.asarray(d, dtype=np.float64)
+        return self.X.normal_products(d)[1] + 2.0 * self.lam2 * np.asarray(d, dtype=np.float64)
 
     # ------------------------------------------------------------------ value / gradient
     def _value_from(self, d: np.ndarray, r: np.ndarray) -> float:
@@ -148,8 +136,8 @@ class QuadraticModel:
     def value_and_grad(self, w: np.ndarray) -> tuple[float, np.ndarray]:
         """Q(w) and its gradient from one pass of X and one of X^T."""
         d = np.asarray(w, dtype=np.float64) - self.w0
-        r = self.matvec(d)
-        grad = self.rmatvec(r) + 2.0 * self.lam2 * d
+        r, xtr = self.X.normal_products(d)
+        grad = xtr + 2.0 * self.lam2 * d
         if self.alpha:
             grad += self.alpha * self.g
         return self._value_from(d, r), grad
@@ -157,11 +145,7 @@ class QuadraticModel:
     # ------------------------------------------------------------------ Lipschitz constant
     def diag_hessian(self) -> np.ndarray:
         """diag(H) = diag(X^T X) + 2 lam2, float64 (p,) (column sums of squares, O(np))."""
-        out = torch.zeros(self.p, dtype=torch.float64)
-        for i in range(0, self.n, 64):
-            blk = self.X[i:i + 64]
-            out += (blk * blk).sum(0, dtype=torch.float64)
-        return out.numpy() + 2.0 * self.lam2
+        return self.X.column_sq_sums() + 2.0 * self.lam2
 
     def lipschitz(self, iters: int = 30, tol: float = 1e-4, safety: float = 1.05,
                   seed: int = 0, metric: np.ndarray | None = None) -> float:
@@ -188,20 +172,15 @@ def lipschitz_constant(X: Matrix, lam2: float = 0.0, *, iters: int = 30, tol: fl
                        col_scale2: np.ndarray | None = None) -> float:
     """sigma_max(X S)^2 (power iteration, times ``safety``, capped by ||X S||_F^2) + 2 lam2,
     with S = diag(sqrt(col_scale2)) (identity by default)."""
-    Xt = as_tensor(X)
-    n, p = Xt.shape
+    store = as_store(X)
+    n, p = store.shape
     if n == 0 or p == 0:
         return 2.0 * lam2
     s2 = None
     if col_scale2 is not None:
-        s2 = torch.from_numpy(np.asarray(col_scale2, dtype=np.float64))
-        colsq = torch.zeros(p, dtype=torch.float64)
-        for i in range(0, n, 64):
-            blk = Xt[i:i + 64]
-            colsq += (blk * blk).sum(0, dtype=torch.float64)
-        fro2 = float((colsq * s2).sum())
-        s2 = s2.to(Xt.dtype)
-    fro2 = frobenius2(Xt) if fro2 is None else fro2
+        s2 = np.asarray(col_scale2, dtype=np.float64)
+        fro2 = float(store.column_sq_sums() @ s2)
+    fro2 = store.frobenius2() if fro2 is None else fro2
     if fro2 == 0.0:
         return 2.0 * lam2
     rng = np.random.default_rng(seed)
@@ -210,10 +189,10 @@ def lipschitz_constant(X: Matrix, lam2: float = 0.0, *, iters: int = 30, tol: fl
     v /= np.linalg.norm(v)
     est = 0.0
     for _ in range(max(1, iters)):
-        y = torch.mv(Xt.T, torch.from_numpy(v).to(Xt.dtype))
+        y = store.rmatvec(v)
         if s2 is not None:
             y = y * s2
-        u = torch.mv(Xt, y).numpy().astype(np.float64)          # X S^2 X^T v
+        u = store.matvec(y)          # X S^2 X^T v
         new = float(v @ u)
         norm = float(np.linalg.norm(u))
         if norm == 0.0:

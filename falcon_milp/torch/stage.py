@@ -58,6 +58,7 @@ class StageConfig:
     refine_iters: int = 0
     block_size: int = 2000
     backsolve_iters: int = 10
+    backsolve_precond: str = "auto"
 
 
 @dataclass
@@ -154,7 +155,7 @@ def run_stage(X: Any, w_cur: np.ndarray, projector: Projector, group_sizes: Sequ
         if cfg.support_iters > 0:
             t = time.perf_counter()
             w0_bs = backsolve(qm, mask, w_start=w, group_sizes=sizes, block_size=cfg.block_size,
-                              max_iter=cfg.backsolve_iters)
+                              max_iter=cfg.backsolve_iters, precond=cfg.backsolve_precond)
             ss = refine_support(qm, projector, w0_bs.w, mask, metric=metric, group_sizes=sizes,
                                 iters=cfg.support_iters, block_size=cfg.block_size,
                                 log2_taus=cfg.support_log2_taus, candidate_iters=cfg.support_cg)
@@ -164,7 +165,7 @@ def run_stage(X: Any, w_cur: np.ndarray, projector: Projector, group_sizes: Sequ
             times["support_swaps"] = times.get("support_swaps", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
         bs = backsolve(qm, mask, w_start=w, group_sizes=sizes, block_size=cfg.block_size,
-                       max_iter=cfg.backsolve_iters)
+                       max_iter=cfg.backsolve_iters, precond=cfg.backsolve_precond)
         times["backsolve"] = times.get("backsolve", 0.0) + time.perf_counter() - t
         out.backsolve_iterations += bs.n_iter
         if out.objective_dfo is None:
