@@ -16,6 +16,11 @@ with c = 2 lam2. One preconditioned step with exact line search from ``w0 * mask
 block-diagonal backsolve of the FALCON/CHITA papers (with the cross-block terms of the
 gradient kept, and a line search so Q never increases); further iterations converge to the
 exact minimiser of Q on the support. Nothing of size p x p or (support x support) is formed.
+
+For large networks (``precond="dual"``, the default from 10^6 weights) the exact minimiser is
+computed directly in the n-space instead (:func:`dual_solve`): one n x n system for all layers
+together, cross-layer curvature included, in a few passes over X, where CG would need two
+passes per iteration and the block factors gigabytes of memory.
 """
 from __future__ import annotations
 
@@ -31,11 +36,11 @@ from ..exceptions import InvalidInstanceError
 from .quadratic import QuadraticModel
 
 
-#: the preconditioners of :func:`backsolve`
-PRECONDITIONERS = ("auto", "blocks", "woodbury")
-#: ``precond="auto"`` uses Woodbury from this many weights on (the MNIST nets and ResNet20 stay
-#: on the block preconditioner, MobileNetV1 and ResNet50 go to Woodbury)
-WOODBURY_MIN_WEIGHTS = 10**6
+#: how :func:`backsolve` solves: block-preconditioned CG, the exact n-space solve, or auto
+PRECONDITIONERS = ("auto", "blocks", "dual")
+#: ``precond="auto"`` uses the dual solve from this many weights on (the MNIST nets and
+#: ResNet20 stay on block-preconditioned CG, MobileNetV1 and ResNet50 go to the dual solve)
+DUAL_MIN_WEIGHTS = 10**6
 
 
 @dataclass
@@ -171,41 +176,34 @@ class BlockPreconditioner:
         return out.numpy()
 
 
-class WoodburyPreconditioner:
-    """The exact inverse of H_KK = X_K^T X_K + c I for the whole support K (|K| > n), by
-    Woodbury: H_KK^-1 v = (v - X_K^T (c I_n + X_K X_K^T)^-1 X_K v) / c.
+def dual_solve(model: QuadraticModel, mask: np.ndarray, shift: float | None = None) -> np.ndarray:
+    """The exact minimiser of Q on the support K when |K| > n and alpha = 0, in the n-space.
 
-    One n x n float64 system for all layers together (the cross-layer curvature included), so
-    preconditioned CG is exact in one step up to round-off. Building it costs one pass over X
-    in column panels (the Gram X_K X_K^T, 2 n^2 |K| flops, in float64); each application costs
-    two passes (X v and X^T y). Memory: 8 n^2 bytes.
+    With d = w - w0, d_P = -w0_P fixed and b = X_P d_P, the minimiser is
+    d_K = -(X_K^T X_K + c I)^-1 X_K^T b = -X_K^T (X_K X_K^T + c I_n)^-1 b (push-through
+    identity; no subtraction, so no cancellation when c is small, unlike the Woodbury form of
+    the inverse applied to a general vector). Cost: one pass over X in column panels for the
+    Gram X_K X_K^T (2 n^2 |K| flops, float64), one n x n Cholesky, X d_P and X^T z (one pass
+    each). Memory: 8 n^2 bytes. Returns w (zero off the support).
     """
-
-    def __init__(self, model: QuadraticModel, mask: np.ndarray, shift: float | None = None) -> None:
-        self.model = model
-        self.mask = np.asarray(mask, dtype=bool)
-        self.c = _shift(model, shift)
-        store = model.X
-        n = model.n
-        gram = torch.zeros((n, n), dtype=torch.float64)
-        width = max(1, store.panel_width() // 2)
-        for a in range(0, model.p, width):
-            b = min(model.p, a + width)
-            kept = np.flatnonzero(self.mask[a:b])
-            if kept.size == 0:
-                continue
-            XK = store.column_panel(a, b)[:, torch.from_numpy(kept)].to(torch.float64)
-            gram += XK @ XK.T
-        gram.diagonal().add_(self.c)
-        self.inv = _spd_inverse(gram)
-        self.forms = ["woodbury"]
-
-    def apply(self, v: np.ndarray) -> np.ndarray:
-        """M v for a (p,) vector (entries off the support are ignored and returned as 0)."""
-        vk = np.where(self.mask, v, 0.0)
-        u = torch.from_numpy(self.model.X.matvec(vk))
-        y = torch.mv(self.inv.T, torch.mv(self.inv, u)).numpy()
-        return np.where(self.mask, (vk - self.model.X.rmatvec(y)) / self.c, 0.0)
+    store = model.X
+    n = model.n
+    c = _shift(model, shift)
+    gram = torch.zeros((n, n), dtype=torch.float64, device=store.device)
+    width = max(1, store.panel_width() // 2)
+    for a in range(0, model.p, width):
+        b = min(model.p, a + width)
+        kept = np.flatnonzero(mask[a:b])
+        if kept.size == 0:
+            continue
+        XK = store.column_panel(a, b)[:, torch.from_numpy(kept).to(store.device)].to(torch.float64)
+        gram += XK @ XK.T
+    gram.diagonal().add_(c)
+    inv = _spd_inverse(gram.cpu())
+    d_off = np.where(mask, 0.0, -model.w0)
+    bvec = torch.from_numpy(model.X.matvec(d_off))
+    z = torch.mv(inv.T, torch.mv(inv, bvec)).numpy()
+    return np.where(mask, model.w0 - model.X.rmatvec(z), 0.0)
 
 
 def _shift(model: QuadraticModel, shift: float | None) -> float:
@@ -253,7 +251,7 @@ def _spd_inverse(a: torch.Tensor) -> torch.Tensor:
 
 
 def conjugate_gradient(model: QuadraticModel, w: np.ndarray, mask: np.ndarray, *, max_iter: int,
-                       tol: float = 1e-6, precond: "BlockPreconditioner | WoodburyPreconditioner | None" = None,
+                       tol: float = 1e-6, precond: BlockPreconditioner | None = None,
                        grad: np.ndarray | None = None) -> tuple[np.ndarray, int, bool]:
     """Minimise Q over vectors supported on ``mask`` starting from ``w`` (zero off the mask).
 
@@ -297,11 +295,11 @@ def backsolve(model: QuadraticModel, mask: np.ndarray, *, w_start: np.ndarray | 
               tol: float = 1e-6, precond: str = "auto") -> BacksolveResult:
     """Minimise Q on the support ``mask`` by preconditioned CG (see module docstring).
 
-    precond : ``"blocks"`` (the block-diagonal inverse, :class:`BlockPreconditioner`),
-    ``"woodbury"`` (the exact inverse of H_KK through one n x n system,
-    :class:`WoodburyPreconditioner`; used only when the support is larger than n) or
-    ``"auto"``: woodbury for large networks (p >= :data:`WOODBURY_MIN_WEIGHTS`), where every CG
-    iteration is a costly pass over X and the block factors would take gigabytes.
+    precond : ``"blocks"`` (CG preconditioned by the block-diagonal inverse,
+    :class:`BlockPreconditioner`), ``"dual"`` (the exact minimiser through one n x n system,
+    :func:`dual_solve`, no CG; used when the support is larger than n and alpha = 0, else
+    blocks) or ``"auto"``: dual for large networks (p >= :data:`DUAL_MIN_WEIGHTS`), where every
+    CG iteration is a costly pass over X and the block factors would take gigabytes.
     w_start : starting point (default ``w0 * mask``); its entries off the mask are dropped.
     group_sizes : layer sizes, so that blocks never cross a layer (default: one group).
     max_iter=1 gives the papers' block-diagonal backsolve; more iterations solve exactly.
@@ -315,18 +313,21 @@ def backsolve(model: QuadraticModel, mask: np.ndarray, *, w_start: np.ndarray | 
     if precond not in PRECONDITIONERS:
         raise InvalidInstanceError(f"`precond` must be one of {', '.join(PRECONDITIONERS)}; got {precond!r}")
     if precond == "auto":
-        precond = "woodbury" if model.p >= WOODBURY_MIN_WEIGHTS else "blocks"
+        precond = "dual" if model.p >= DUAL_MIN_WEIGHTS else "blocks"
     start = model.w0 if w_start is None else np.asarray(w_start, dtype=np.float64).reshape(-1)
     w = np.where(mask, start, 0.0)
     t0 = time.perf_counter()
     q0, grad = model.value_and_grad(w)
     blocks = block_ranges(group_sizes, model.p, block_size)
-    pre: BlockPreconditioner | WoodburyPreconditioner | None = None
-    if max_iter > 0:
-        if precond == "woodbury" and int(mask.sum()) > model.n:
-            pre = WoodburyPreconditioner(model, mask)
-        else:
-            pre = BlockPreconditioner(model, mask, blocks)
+    if max_iter > 0 and precond == "dual" and int(mask.sum()) > model.n and not model.alpha:
+        w_new = dual_solve(model, mask)
+        t1 = time.perf_counter()
+        q1 = model.value(w_new)
+        if not q1 <= q0:
+            w_new, q1 = w, q0
+        return BacksolveResult(w_new, q1, q0, 1, True,
+                               {"factorize": t1 - t0, "iterations": time.perf_counter() - t1})
+    pre = BlockPreconditioner(model, mask, blocks) if max_iter > 0 else None
     t1 = time.perf_counter()
     w_new, it, converged = conjugate_gradient(model, w, mask, max_iter=max_iter, tol=tol,
                                               precond=pre, grad=grad)

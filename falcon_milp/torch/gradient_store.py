@@ -186,8 +186,10 @@ class GradientStore:
         return self._raw_to_wide(raw, out)
 
     def panel_width(self) -> int:
-        """Columns per panel so that a widened panel takes about ``block_bytes``."""
-        return max(1, min(self.p, self.block_bytes // max(1, 4 * self.n)))
+        """Columns per panel so that a widened panel takes about ``block_bytes`` (4x that for a
+        file, so that each positioned read of a row's segment is long)."""
+        budget = self.block_bytes * (1 if self.in_memory else 4)
+        return max(1, min(self.p, budget // max(1, 4 * self.n)))
 
     # ------------------------------------------------------------------ products
     def _vec(self, v: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -184,15 +184,23 @@ def lipschitz_constant(X: Matrix, lam2: float = 0.0, *, iters: int = 30, tol: fl
     if fro2 == 0.0:
         return 2.0 * lam2
     rng = np.random.default_rng(seed)
-    # iterate in the n-space: X X^T and X^T X have the same top eigenvalue
-    v = rng.standard_normal(n)
+    # a direct store iterates in the n-space (X X^T and X^T X share the top eigenvalue: two
+    # BLAS calls on short vectors); a streamed store in the p-space, where X^T X v is one pass
+    fused = not store.direct
+    v = rng.standard_normal(p if fused else n)
     v /= np.linalg.norm(v)
+    sq = None if s2 is None else np.sqrt(s2)
     est = 0.0
     for _ in range(max(1, iters)):
-        y = store.rmatvec(v)
-        if s2 is not None:
-            y = y * s2
-        u = store.matvec(y)          # X S^2 X^T v
+        if fused:
+            u = store.normal_products(v if sq is None else v * sq)[1]     # S X^T X S v
+            if sq is not None:
+                u = u * sq
+        else:
+            y = store.rmatvec(v)
+            if s2 is not None:
+                y = y * s2
+            u = store.matvec(y)          # X S^2 X^T v
         new = float(v @ u)
         norm = float(np.linalg.norm(u))
         if norm == 0.0:
