@@ -1,6 +1,7 @@
 """Where X lives (memory at 32/16 bits, a file), the Woodbury backsolve, and the scale options
 of prune_model: x_dtype, x_path, max_memory, device, grad_strategy, FALCON++ with one X."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -229,7 +230,7 @@ def test_scale_option_errors_name_the_option_and_leave_the_model(tmp_path):
     taken = tmp_path / "taken.bin"
     taken.write_bytes(b"keep me")
     cases = [({"x_dtype": "int8"}, r"^`x_dtype` must be one of 'float32', 'float64', 'bfloat16', 'float16'; got 'int8'$"),
-             ({"x_path": str(taken)}, r"^`x_path` '.*taken.bin' exists; give the name of a new file"),
+             ({"x_path": str(taken)}, r"^`x_path` '.*taken.bin' exists; give the name of a new file \(it is scratch space, deleted after the run\)"),
              ({"x_path": str(tmp_path / "no" / "x.bin")}, r"^`x_path` '.*x.bin': folder '.*no' does not exist$"),
              ({"max_memory": 0}, r"^`max_memory` must be an integer >= 1; got 0$"),
              ({"device": "tpu"}, r"^`device` must be 'cpu' or 'cuda\[:k\]'; got 'tpu'$"),
@@ -242,3 +243,45 @@ def test_scale_option_errors_name_the_option_and_leave_the_model(tmp_path):
             prune_model(model, calib, flops_fraction=0.5, n_grads=20, **opts)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert taken.read_bytes() == b"keep me"
+
+
+# ----------------------------------------------------------------------------- CLI
+def _cli(argv, capsys):
+    from falcon_milp.cli import main
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--x-path", "{taken}"], r"`--x-path` '.*taken.bin' exists; give the name of a new file \(it is scratch space, deleted after the run\)"),
+    (["--x-path", "/nonexistent/d/x.bin"], r"`--x-path` '/nonexistent/d/x.bin': folder '/nonexistent/d' does not exist"),
+    (["--max-memory", "lots"], r"`--max-memory` must be a size such as 20G, 512M or 1000000; got 'lots'"),
+    (["--max-memory", "0"], r"`--max-memory` must be at least 1 byte; got '0'"),
+    (["--device", "tpu"], r"`device` must be 'cpu' or 'cuda\[:k\]'; got 'tpu'"),
+])
+def test_cli_scale_options_fail_in_one_line_before_any_work(extra, message, tmp_path, capsys, monkeypatch):
+    import re
+
+    import falcon_milp.torch.architectures as arch
+    taken = tmp_path / "taken.bin"
+    taken.write_bytes(b"keep")
+    monkeypatch.setattr(arch, "build_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("work started")))
+    extra = [a.replace("{taken}", str(taken)) for a in extra]
+    code, out, err = _cli(["prune", "--arch", "mnist_mlp", "--flops-fraction", "0.2", "--no-progress", *extra], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert re.match(r"^falcon-milp prune: error: " + message + "$", err.strip()), err
+    assert taken.read_bytes() == b"keep"
+
+
+def test_cli_prune_with_a_bfloat16_x_reports_storage_and_memory(capsys):
+    from falcon_milp.torch.prune_command import parse_bytes
+    assert parse_bytes("20G") == 20 * 2**30 and parse_bytes("512MiB") == 512 * 2**20 and parse_bytes("1e6") == 10**6
+    code, out, err = _cli(["prune", "--arch", "mnist_mlp", "--nnz-fraction", "0.2", "--n-grads", "32",
+                           "--x-dtype", "bfloat16", "--max-memory", "8G", "--no-progress"], capsys)
+    assert code == 0, err
+    assert re.search(r"X: memory bfloat16, 0\.00 GiB; per-sample gradients (vmap|loop), [\d.]+ examples/s on cpu", out), out
+    assert re.search(r"peak memory [\d.]+ GiB \((call|process)\)", out), out

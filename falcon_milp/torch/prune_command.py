@@ -44,6 +44,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-data", metavar="DIR",
                         help="'mnist' (the bundled MNIST test set) or a directory with the t10k IDX files: "
                              "report test accuracy before and after")
+    parser.add_argument("--x-dtype", choices=("float32", "bfloat16", "float16", "float64"), default=None,
+                        help="storage of the per-sample gradients X (default: float32 if it takes at most "
+                             "half of --max-memory, else bfloat16, else a bfloat16 temporary file)")
+    parser.add_argument("--x-path", metavar="FILE", help="keep X in this new file (scratch, deleted after the run)")
+    parser.add_argument("--max-memory", metavar="BYTES", default=None,
+                        help="memory budget for X, e.g. 20G or 512M (default: what the machine has free)")
+    parser.add_argument("--device", default="cpu", help="where the gradients and X live: cpu (default) or cuda")
     parser.add_argument("-o", "--output", metavar="FILE", help="save the pruned state_dict here")
     parser.add_argument("--mask-out", metavar="FILE",
                         help="save the masks (one bool array per pruned parameter, .npz; see "
@@ -69,6 +76,23 @@ def load_calibration(spec: str | None, arch: str, n: int, seed: int) -> Any:
     return load_data(spec, arch, pool, seed)
 
 
+def parse_bytes(text: str | None, name: str = "--max-memory") -> int | None:
+    """'20G', '512M', '1.5e9' or '123' -> bytes (K/M/G/T are powers of 1024)."""
+    from . import OptionError
+    if text is None:
+        return None
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    t = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in units and t[-1:] else ""
+    try:
+        value = float(t[:-1] if unit else t) * units[unit]
+    except ValueError:
+        raise OptionError(f"`{name}` must be a size such as 20G, 512M or 1000000; got {text!r}") from None
+    if not value >= 1 or value != value or value == float("inf"):
+        raise OptionError(f"`{name}` must be at least 1 byte; got {text!r}")
+    return int(value)
+
+
 def _accuracy(model: Any, data: Any) -> float:
     import torch
     x, y = data
@@ -90,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
     if args.mask_out:
         check_writable(args.mask_out, "--mask-out")
 
+    from .options import device_option, new_file_option
+    new_file_option(args.x_path, "--x-path")
+    device_option(args.device)
+    max_memory = parse_bytes(args.max_memory)
     if args.checkpoint and args.random_init:
         raise OptionError("give `--checkpoint` or `--random-init`, not both")
     if args.flops_fraction is None and args.nnz_fraction is None:
@@ -133,8 +161,8 @@ def run(args: argparse.Namespace) -> int:
         report = prune_model(model, calib, args.flops_fraction, args.nnz_fraction, args.method,
                              args.solver, n_grads=args.n_grads, lam2_rel=args.lam2_rel,
                              stages=args.stages, max_iter=args.max_iter, seed=args.seed,
-                             normalization=args.normalization,
-                             callback=progress)
+                             normalization=args.normalization, x_dtype=args.x_dtype, x_path=args.x_path,
+                             max_memory=max_memory, device=args.device, callback=progress)
     finally:
         if bar is not None:
             bar.close()
@@ -164,6 +192,10 @@ def run(args: argparse.Namespace) -> int:
               + (f"; safeguard fell back to {report.fallback}" if report.fallback else ""))
     if report.bn_recalibrated:
         print(f"  BatchNorm statistics re-estimated in {report.bn_recalibrated} layers")
+    if report.x_bytes:
+        print(f"  X: {report.x_storage}, {report.x_bytes / 2**30:.2f} GiB; per-sample gradients "
+              f"{report.grad_strategy}, {report.grad_examples_per_second:.1f} examples/s on {report.device}")
+    print(f"  peak memory {report.peak_memory_bytes / 2**30:.2f} GiB ({report.peak_memory_scope})")
     if acc_before is not None:
         print(f"  test accuracy {acc_before:.4f} -> {acc_after:.4f}")
     phases = ", ".join(f"{k} {v:.2f}s" for k, v in report.times.items() if v >= 0.005)
