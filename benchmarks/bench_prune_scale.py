@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scratch", default=None, help="folder for the file store (default: the temp folder)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per child run")
     parser.add_argument("--backsolve-n", type=int, default=500)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of the quality part")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -303,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                 jobs.append(["backsolve", net, min(n, args.backsolve_n), "float32", 10])
         if args.part in ("all", "quality"):
             jobs += [["quality", net, fl, seed, dt] for net in ("mnist_cnn", "mnist_bn_cnn")
-                     for fl in (0.1, 0.3) for seed in range(3) for dt in ("float32", "bfloat16")]
+                     for fl in (0.1, 0.3) for seed in range(args.seeds) for dt in ("float32", "bfloat16")]
         records.parent.mkdir(parents=True, exist_ok=True)
         for job in jobs:
             t = time.perf_counter()

@@ -12,7 +12,7 @@ from falcon_milp.torch.backsolve import BlockPreconditioner, backsolve, dual_sol
 from falcon_milp.torch.flops import prunable_layers
 from falcon_milp.torch.gradient_store import GradientStore, as_store, choose_storage
 from falcon_milp.torch.gradients import iter_per_sample_grads, per_sample_grads
-from falcon_milp.torch.memory import available_memory, peak_rss, reset_peak
+from falcon_milp.memory import PeakMemory, available_memory
 from falcon_milp.torch.prune import prune_model
 from falcon_milp.torch.quadratic import QuadraticModel
 
@@ -87,14 +87,16 @@ def test_choose_storage_from_the_memory_budget():
 
 
 def test_peak_memory_is_measured_per_call():
-    if not reset_peak():
+    pm = PeakMemory()
+    pm.start()
+    if pm.method != "vmhwm-reset":
         pytest.skip("no per-call peak on this platform")
-    before = peak_rss()
+    before = pm.peak_total()
     big = np.ones(64 * 2**20 // 8)          # 64 MiB touched
-    assert peak_rss() >= before + 60 * 2**20
+    assert pm.peak_total() >= before + 60 * 2**20
     del big
-    reset_peak()
-    assert peak_rss() < before + 60 * 2**20
+    pm.start()
+    assert pm.peak_total() < before + 60 * 2**20
 
 
 # ----------------------------------------------------------------------------- backsolve

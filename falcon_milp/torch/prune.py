@@ -66,7 +66,7 @@ from .gradient_store import STORE_DTYPES, GradientStore, choose_storage
 from .flops import (PrunableLayer, dense_flops, dense_nnz, flat_weights, flops_vector, group_sizes,
                     prunable_layers)
 from .masks import layer_usage, write_weights
-from .memory import available_memory, peak_rss, reset_peak
+from ..memory import PeakMemory, available_memory
 from .options import (Calib, check_calib, choice, device_option, fraction, grid, int_option, new_file_option,
                       real_option)
 from .quadratic import QuadraticModel
@@ -420,7 +420,8 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
         (:mod:`.gradients`). backsolve_precond : :func:`.backsolve.backsolve`'s ``precond``.
     """
     t_start = time.perf_counter()
-    peak_reset = reset_peak()
+    peak = PeakMemory()
+    peak.start()
     if not isinstance(model, nn.Module):
         raise OptionError(f"`model` must be a torch.nn.Module; got {type(model).__name__}")
     choice(metric, "metric", ("euclidean", "fisher-diagonal"))
@@ -723,7 +724,8 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
         x_storage="" if not x_bytes else f"{'file' if on_disk else 'memory'} {store_dtype}",
         x_bytes=x_bytes, device=str(dev), grad_strategy=grad_stats.get("strategy", ""),
         grad_examples_per_second=grad_stats.get("examples_per_second"),
-        peak_memory_bytes=peak_rss(), peak_memory_scope="call" if peak_reset else "process")
+        peak_memory_bytes=peak.peak_total(),
+        peak_memory_scope="call" if peak.method == "vmhwm-reset" else "process")
 
 
 prune_model.__signature__ = inspect.signature(_prune_model)       # type: ignore[attr-defined]
