@@ -110,6 +110,7 @@ class GradientStore:
     def write_rows(self, start: int, rows: torch.Tensor) -> None:
         """Store ``rows`` (c, p) as rows ``start .. start + c - 1`` (cast to the store's dtype)."""
         c = int(rows.shape[0])
+        self._fro2 = None
         if self.data is not None:
             self.data[start:start + c] = rows.to(device=self.device, dtype=self.dtype)
             return
@@ -120,7 +121,6 @@ class GradientStore:
         raw = arr.numpy()
         self._fh.seek(start * self.p * self.itemsize)
         self._fh.write(memoryview(raw).cast("B"))
-        self._fro2 = None
 
     def scale_(self, factor: float) -> None:
         """X <- factor X (in place; for a file, done block by block)."""
@@ -235,10 +235,9 @@ class GradientStore:
     def column_sq_sums(self) -> np.ndarray:
         """diag(X^T X): float64 (p,) column sums of squares."""
         acc = torch.zeros(self.p, dtype=torch.float64, device=self.device)
-        step = 64 if self.direct else None
         for i, j, blk in self.row_blocks():
-            for s in range(0, j - i, step or (j - i)):
-                part = blk[s:s + (step or (j - i))]
+            for s in range(0, j - i, 64):          # 64 rows at a time bound the squares' copy
+                part = blk[s:s + 64]
                 acc += (part * part).sum(0, dtype=torch.float64)
         return self._out(acc)
 

@@ -63,6 +63,7 @@ from .backsolve import PRECONDITIONERS, backsolve
 from .batchnorm import has_batchnorm, recalibrate_batchnorm
 from .dfo import STEP_RULES, Projector
 from .gradient_store import STORE_DTYPES, GradientStore, choose_storage
+from .gradients import GRAD_STRATEGIES
 from .flops import (PrunableLayer, dense_flops, dense_nnz, flat_weights, flops_vector, group_sizes,
                     prunable_layers)
 from .masks import layer_usage, write_weights
@@ -198,21 +199,20 @@ def _on_device(model: nn.Module, layers: Sequence[PrunableLayer], device: torch.
     if device.type == "cpu":
         return model, list(layers)
     import copy
-    import dataclasses
     names = {id(m): n for n, m in model.named_modules()}
     twin = copy.deepcopy(model).to(device)
     mods = dict(twin.named_modules())
-    return twin, [dataclasses.replace(l, module=mods[names[id(l.module)]]) for l in layers]
+    return twin, [replace(l, module=mods[names[id(l.module)]]) for l in layers]
 
 
 def _gradient_rows(model: nn.Module, layers: Sequence[PrunableLayer], x: torch.Tensor, y: torch.Tensor,
                    loss_fn: Callable | None, grads_per_row: int, plan: _XPlan,
                    sink: Callable[[int, torch.Tensor], None], stats: dict[str, Any], *,
                    weights_at: torch.Tensor | None = None,
-                   buffers: dict[str, torch.Tensor] | None = None) -> int:
+                   buffers: dict[str, torch.Tensor] | None = None) -> None:
     """Feed the rows of X to ``sink(first_row, rows)``: each row the sum of ``grads_per_row``
     consecutive per-sample gradients / sqrt(grads_per_row), then / sqrt(rows), so that X^T X
-    estimates the Fisher. Returns the number of rows."""
+    estimates the Fisher."""
     from .gradients import default_chunk_size, iter_per_sample_grads
     m = grads_per_row
     rows = x.shape[0] // m
@@ -230,7 +230,6 @@ def _gradient_rows(model: nn.Module, layers: Sequence[PrunableLayer], x: torch.T
             G = G.reshape(-1, m, G.shape[1]).sum(dim=1) / math.sqrt(m)
         G /= math.sqrt(rows)
         sink(start // m, G)
-    return rows
 
 
 def _gradients(model: nn.Module, layers: Sequence[PrunableLayer], x: torch.Tensor, y: torch.Tensor,
@@ -264,9 +263,8 @@ def _streamed_objective(model: nn.Module, layers: Sequence[PrunableLayer], x: to
     """Q0(w) = 1/2 ||X0 (w - w0)||^2 + lam2 ||w - w0||^2 without storing X0: the gradients at
     w0 (and the original BatchNorm statistics) are recomputed chunk by chunk and only X0 d kept."""
     d = torch.from_numpy(np.asarray(w, dtype=np.float64) - w0)
-    parts: list[float] = []
-
     d32 = d.to(torch.float32)
+    parts: list[float] = []
 
     def sink(_: int, rows: torch.Tensor) -> None:
         r = torch.mv(rows, d32.to(rows.device)).to("cpu", torch.float64)
@@ -448,7 +446,7 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
     dev = device_option(device)
     if x_path is not None and dev.type != "cpu":
         raise OptionError("`x_path` (X in a file) works with `device='cpu'` only")
-    choice(grad_strategy, "grad_strategy", ("auto", "vmap", "loop"))
+    choice(grad_strategy, "grad_strategy", GRAD_STRATEGIES)
     choice(backsolve_precond, "backsolve_precond", PRECONDITIONERS)
     if fisher == "sampled" and loss_fn is not None:
         raise OptionError("`fisher='sampled'` draws class labels: it needs the default cross-entropy loss")
