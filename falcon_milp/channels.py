@@ -100,16 +100,20 @@ class ChannelProblem:
     resources: dict[str, ChannelResource]
     budgets: dict[str, float]
     metadata: dict[str, Any] = field(default_factory=dict)
+    round_to: int = 1
 
     @classmethod
     def from_groups(cls, values: Sequence[Any], resources: Mapping[str, Any],
                     budgets: Mapping[str, float | None], names: Sequence[str] | None = None,
                     min_keep: Sequence[int] | int = 1,
-                    metadata: dict[str, Any] | None = None) -> "ChannelProblem":
+                    metadata: dict[str, Any] | None = None, round_to: int = 1) -> "ChannelProblem":
         """``values[g]``: group g's channel values in keep order; ``resources[r]``: a dict with
         ``constant``, ``lin`` (G,) and ``pairs`` [(g, h, coef), ...] (or a ChannelResource);
-        ``budgets[r]``: a number >= 0 or None. Raises InvalidInstanceError naming the field;
-        the arguments are not modified."""
+        ``budgets[r]``: a number >= 0 or None; ``round_to``: kept counts are multiples of it
+        (or the whole group; hardware-friendly widths). Raises InvalidInstanceError naming the
+        field; the arguments are not modified."""
+        if isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer)) or round_to < 1:
+            raise InvalidInstanceError(f"`round_to` must be an integer >= 1; got {round_to!r}")
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
             raise InvalidInstanceError("`values` must be a non-empty list with one array per group")
         vals = []
@@ -147,11 +151,18 @@ class ChannelProblem:
         names = tuple(f"group{g}" for g in range(G)) if names is None else tuple(str(n) for n in names)
         if len(names) != G:
             raise InvalidInstanceError(f"`names` must have {G} entries (one per group); got {len(names)}")
-        return cls(names, sizes, mk.astype(np.int64), tuple(vals), res, bud, dict(metadata or {}))
+        return cls(names, sizes, mk.astype(np.int64), tuple(vals), res, bud, dict(metadata or {}), int(round_to))
 
     @property
     def n_groups(self) -> int:
         return len(self.names)
+
+    def options(self, g: int) -> np.ndarray:
+        """The counts group g may keep: multiples of ``round_to`` in [min_keep, n], and n."""
+        lo, n, r = int(self.min_keep[g]), int(self.sizes[g]), self.round_to
+        ks = np.arange(-(-lo // r) * r, n + 1, r, dtype=np.int64) if r > 1 else np.arange(lo, n + 1, dtype=np.int64)
+        ks = ks[ks >= max(lo, 1 if r > 1 else lo)]
+        return ks if ks.size and ks[-1] == n else np.append(ks, n)
 
     def value(self, counts: np.ndarray) -> float:
         """sum_g V_g(k_g) (float64)."""
@@ -177,7 +188,8 @@ class CountCheck:
 
 
 def check_counts(problem: ChannelProblem, counts: Any) -> CountCheck:
-    """Validate ``counts`` ((G,) integers in [min_keep, n]) and sum every use exactly."""
+    """Validate ``counts`` ((G,) integers in [min_keep, n], multiples of round_to or n) and sum
+    every use exactly."""
     c = np.asarray(counts)
     if c.shape != (problem.n_groups,) or not np.issubdtype(c.dtype, np.integer):
         raise InvalidInstanceError(f"`counts` must be an integer array of shape ({problem.n_groups},); "
@@ -187,6 +199,12 @@ def check_counts(problem: ChannelProblem, counts: Any) -> CountCheck:
         g = int(bad[0])
         raise InvalidInstanceError(f"`counts[{g}]` = {int(c[g])} is outside [{int(problem.min_keep[g])}, "
                                    f"{int(problem.sizes[g])}] for group '{problem.names[g]}'")
+    if problem.round_to > 1:
+        off = [g for g in range(problem.n_groups) if c[g] % problem.round_to and c[g] != problem.sizes[g]]
+        if off:
+            g = off[0]
+            raise InvalidInstanceError(f"`counts[{g}]` = {int(c[g])} is not a multiple of round_to = "
+                                       f"{problem.round_to} (nor the whole group '{problem.names[g]}')")
     usage = {r: res.exact(c) for r, res in problem.resources.items()}
     budgets = {r: (Fraction(b) if math.isfinite(b) else None) for r, b in problem.budgets.items()}
     return CountCheck(usage, budgets)

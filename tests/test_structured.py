@@ -44,12 +44,13 @@ def _brute_force(p):
     return best
 
 
+@pytest.mark.parametrize("linearization", ["choice", "binary"])
 @pytest.mark.parametrize("seed", range(12))
-def test_milp_matches_brute_force(seed):
+def test_milp_matches_brute_force(seed, linearization):
     rng = np.random.default_rng(seed)
     p = _random_problem(rng, self_pair=seed % 3 == 0)
     best = _brute_force(p)
-    r = solve_channels(p)
+    r = solve_channels(p, linearization=linearization)
     g = solve_channels(p, solver="greedy")
     if best is None:
         assert r.status == "infeasible" and r.counts is None
@@ -71,10 +72,11 @@ def test_exact_check_catches_a_rounding_violation():
 
 def test_pyomo_model_and_spec_shapes():
     p = _random_problem(np.random.default_rng(3))
-    spec = channel_spec(p)
-    m = build_channel_model(p)
-    assert len(m.k) == p.n_groups and spec.notes["products"] == 3
-    assert spec.n_cols == sum(b.size for b in spec.columns)
+    for lin in ("choice", "binary"):
+        spec = channel_spec(p, lin)
+        m = build_channel_model(p, lin)
+        assert len(m.k) == p.n_groups and spec.notes["products"] == 3
+        assert spec.n_cols == sum(b.size for b in spec.columns)
 
 
 @pytest.mark.parametrize("kwargs, message", [

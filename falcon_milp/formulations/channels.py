@@ -1,6 +1,8 @@
-"""The channel-count MILP (math and the choice of linearisation: ``formulations/channels.md``).
+"""The channel-count MILPs (math and the choice of linearisation: ``formulations/channels.md``).
 
-Columns: ``k[g]`` (integer kept count of group g), ``v[g]`` (its value, the epigraph of the
+Two exact linearisations of the bilinear budgets. ``choice`` (default, :func:`_choice_spec`):
+one binary per (group, count), products disaggregated. ``binary`` (:func:`_binary_spec`):
+columns ``k[g]`` (integer kept count of group g), ``v[g]`` (its value, the epigraph of the
 concave prefix-sum curve), ``y[g, b]`` (bit b of k_g, for the groups that appear in a product),
 ``w[p, b]`` (= y[e, b] k[o] for product p = k_e k_o, e the factor with fewer bits). Rows:
 ``bits`` (k_g = sum_b 2^b y[g, b]), ``value`` (one tangent per distinct slope of each curve),
@@ -18,7 +20,7 @@ import numpy as np
 from ..channels import ChannelProblem
 from .spec import ColumnBlock, LinearSpec, RowBlock
 
-__all__ = ["OBJECTIVE_TOP", "build_channel_model", "channel_spec", "counts_from_values"]
+__all__ = ["LINEARIZATIONS", "OBJECTIVE_TOP", "build_channel_model", "channel_spec", "counts_from_values"]
 
 OBJECTIVE_TOP = 2.0 ** 20
 """Scaled value of keeping every channel (HiGHS's absolute tolerances are then negligible)."""
@@ -56,8 +58,8 @@ def _bits(n: int) -> int:
     return max(1, int(n).bit_length())
 
 
-def channel_spec(problem: ChannelProblem) -> LinearSpec:
-    """The MILP of ``problem`` as a :class:`LinearSpec` (maximise the scaled kept value)."""
+def _binary_spec(problem: ChannelProblem) -> LinearSpec:
+    """The binary-expansion MILP (``linearization="binary"``)."""
     G = problem.n_groups
     n = problem.sizes.astype(np.float64)
     m = problem.min_keep.astype(np.float64)
@@ -150,14 +152,116 @@ def channel_spec(problem: ChannelProblem) -> LinearSpec:
     rows = [blk.block() for blk in (bits, value, mc, budget) if blk.index]
     notes = {"objective_scale": scale, "budget_rows": finite, "products": len(pairs),
              "expanded_groups": len(expanded)}
-    return LinearSpec("channels", columns, rows, notes)
+    return LinearSpec("channels-binary", columns, rows, notes)
 
 
-def build_channel_model(problem: ChannelProblem):
-    """The MILP as a Pyomo ConcreteModel (``k``, ``v``, ``y``, ``w``; rows ``bits``, ``value``,
-    ``mccormick``, ``budget``), exportable to LP/MPS like the other formulations."""
+def _choice_spec(problem: ChannelProblem) -> LinearSpec:
+    """The one-hot MILP (``linearization="choice"``, the default): x[g, j] = 1 when group g
+    keeps j channels; a product k_e k_o is sum_j j z[p, j] with z[p, j] = x[e, j] k_o written
+    as a disaggregation (sum_j z[p, j] = k_o, m_o x[e, j] <= z[p, j] <= n_o x[e, j]), the
+    convex hull of each product's disjunction."""
+    G = problem.n_groups
+    n = problem.sizes.astype(np.float64)
+    m = problem.min_keep.astype(np.float64)
+    total = float(sum(v.sum() for v in problem.values))
+    scale = OBJECTIVE_TOP / total if total > 0 else 1.0
+    finite = [r for r, b in problem.budgets.items() if math.isfinite(b)]
+    opts = [problem.options(g) for g in range(G)]
+    x_start = np.concatenate([[0], np.cumsum([o.size for o in opts])]).astype(np.int64) + G
+    pairs: dict[tuple[int, int], tuple[int, int]] = {}
+    for r in finite:
+        res = problem.resources[r]
+        for g, h in zip(res.pair_g.tolist(), res.pair_h.tolist()):
+            if g != h:
+                pairs[(g, h)] = (g, h) if opts[g].size <= opts[h].size else (h, g)
+    z_start, z0 = {}, int(x_start[-1])
+    for key, (e, _o) in pairs.items():
+        z_start[key] = z0
+        z0 += opts[e].size
+
+    x_index, x_cost = [], []
+    for g in range(G):
+        prefix = np.concatenate([[0.0], np.cumsum(problem.values[g])]) * scale
+        x_index.extend((problem.names[g], int(j)) for j in opts[g])
+        x_cost.append(prefix[opts[g]])
+    cost = np.concatenate(x_cost)
+    columns = [ColumnBlock("k", list(problem.names), m, n, True, np.zeros(G), "k[g]: channels group g keeps"),
+               ColumnBlock("x", x_index, np.zeros(cost.size), np.ones(cost.size), True, cost,
+                           "x[g, j] = 1 when group g keeps j channels")]
+    z_index, z_upper = [], []
+    for (g, h), (e, o) in pairs.items():
+        z_index.extend((problem.names[g], problem.names[h], int(j)) for j in opts[e])
+        z_upper.extend([n[o]] * opts[e].size)
+    columns.append(ColumnBlock("z", z_index, np.zeros(len(z_index)), np.array(z_upper, dtype=np.float64), False,
+                               np.zeros(len(z_index)), "z[g, h, j] = x[e, j] k[o]"))
+
+    one = _Rows("choose", "sum_j x[g, j] = 1")
+    link = _Rows("count", "k_g - sum_j j x[g, j] = 0")
+    for g in range(G):
+        cols = np.arange(x_start[g], x_start[g + 1])
+        one.add(problem.names[g], cols, np.ones(cols.size), 1.0, 1.0)
+        link.add(problem.names[g], np.concatenate([[g], cols]),
+                 np.concatenate([[1.0], -opts[g].astype(np.float64)]), 0.0, 0.0)
+    split = _Rows("split", "sum_j z[p, j] = k_o")
+    hull = _Rows("hull", "m_o x[e, j] <= z[p, j] <= n_o x[e, j]")
+    for (g, h), (e, o) in pairs.items():
+        zc = np.arange(z_start[(g, h)], z_start[(g, h)] + opts[e].size)
+        split.add((problem.names[g], problem.names[h]), np.concatenate([zc, [o]]),
+                  np.concatenate([np.ones(zc.size), [-1.0]]), 0.0, 0.0)
+        for j, (zj, xj) in enumerate(zip(zc, np.arange(x_start[e], x_start[e + 1]))):
+            hull.add((problem.names[g], problem.names[h], int(opts[e][j]), "upper"), [zj, xj], [1.0, -n[o]],
+                     -np.inf, 0.0)
+            if m[o] > 0:
+                hull.add((problem.names[g], problem.names[h], int(opts[e][j]), "lower"), [xj, zj], [m[o], -1.0],
+                         -np.inf, 0.0)
+    budget = _Rows("budget", "(sum_g lin_g k_g + sum_p coef_p sum_j j z[p, j]) / (B - const) <= 1")
+    for r in finite:
+        res = problem.resources[r]
+        room = problem.budgets[r] - res.constant
+        div = room if room > 0 else 1.0
+        cols, vals = [], []
+        nz = np.flatnonzero(res.lin)
+        cols.extend(nz.tolist())
+        vals.extend((res.lin[nz] / div).tolist())
+        for g, h, c in zip(res.pair_g.tolist(), res.pair_h.tolist(), res.pair_coef.tolist()):
+            if g == h:                       # k_g^2 = sum_j j^2 x[g, j]: linear in x
+                cols.extend(range(x_start[g], x_start[g + 1]))
+                vals.extend((c * opts[g].astype(np.float64) ** 2 / div).tolist())
+                continue
+            e, _o = pairs[(g, h)]
+            cols.extend(range(z_start[(g, h)], z_start[(g, h)] + opts[e].size))
+            vals.extend((c * opts[e].astype(np.float64) / div).tolist())
+        cols_a, inv = np.unique(np.asarray(cols, dtype=np.int64), return_inverse=True)
+        vals_a = np.zeros(cols_a.size)
+        np.add.at(vals_a, inv, np.asarray(vals, dtype=np.float64))
+        budget.add(r, cols_a, vals_a, -np.inf, 1.0 if room > 0 else room)
+    rows = [blk.block() for blk in (one, link, split, hull, budget) if blk.index]
+    notes = {"objective_scale": scale, "budget_rows": finite, "products": len(pairs)}
+    return LinearSpec("channels-choice", columns, rows, notes)
+
+
+LINEARIZATIONS = ("choice", "binary")
+
+
+def channel_spec(problem: ChannelProblem, linearization: str = "choice") -> LinearSpec:
+    """The MILP of ``problem`` as a :class:`LinearSpec` (maximise the scaled kept value);
+    ``linearization``: ``choice`` (one-hot counts, disaggregated products: the tight default)
+    or ``binary`` (binary expansion of one factor, McCormick rows: fewer columns, weaker LP)."""
+    if linearization == "choice":
+        return _choice_spec(problem)
+    if linearization == "binary":
+        if problem.round_to > 1:
+            raise ValueError("`linearization` 'binary' does not support round_to > 1; use 'choice'")
+        return _binary_spec(problem)
+    raise ValueError(f"`linearization` must be one of {', '.join(LINEARIZATIONS)}; got {linearization!r}")
+
+
+def build_channel_model(problem: ChannelProblem, linearization: str = "choice"):
+    """The MILP as a Pyomo ConcreteModel, exportable to LP/MPS like the other formulations
+    (choice: ``k``, ``x``, ``z``; rows ``choose``, ``count``, ``split``, ``hull``, ``budget``;
+    binary: ``k``, ``v``, ``y``, ``w``; rows ``bits``, ``value``, ``mccormick``, ``budget``)."""
     from .spec import to_pyomo
-    return to_pyomo(channel_spec(problem), "falcon_channels")
+    return to_pyomo(channel_spec(problem, linearization), "falcon_channels")
 
 
 def counts_from_values(problem: ChannelProblem, spec: LinearSpec, values: np.ndarray) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 - ``"highs"``: the exact MILP of :mod:`..formulations.channels` by HiGHS branch-and-bound; the
   bound is HiGHS's dual bound in value units. Proven optimal when HiGHS says so at rel_gap 0.
+  The greedy counts are computed first and returned instead when HiGHS stops (time limit)
+  with a worse incumbent, so the result is never below the greedy one.
 - ``"greedy"``: from every channel kept, drop the channel whose value per unit of the budgets
   it frees (summed relative to each violated budget) is smallest until every budget holds: the
   FLOP-normalised global ranking deployment tools use. No bound (``inf``).
@@ -21,7 +23,7 @@ import numpy as np
 
 from ..channels import ChannelProblem, check_counts
 from ..exceptions import CertificateError, SolverOptionError
-from ..formulations.channels import channel_spec, counts_from_values
+from ..formulations.channels import LINEARIZATIONS, channel_spec, counts_from_values
 from .highs import solve_spec
 
 __all__ = ["CHANNEL_SOLVERS", "ChannelResult", "solve_channels"]
@@ -65,6 +67,13 @@ def _marginal(problem: ChannelProblem, counts: np.ndarray, rows: list[str]) -> n
     return out
 
 
+def _step_down(problem: ChannelProblem, g: int, k: int) -> int:
+    """Channels group g drops to reach its next smaller allowed count (0: none below)."""
+    r = problem.round_to
+    below = (k - 1) // r * r if r > 1 else k - 1
+    return k - below if below >= max(int(problem.min_keep[g]), 1 if r > 1 else 0) else 0
+
+
 def _drop_until_feasible(problem: ChannelProblem, counts: np.ndarray) -> tuple[np.ndarray, int]:
     """Drop the cheapest channel (value lost per budget freed) until the exact check passes.
 
@@ -84,12 +93,16 @@ def _drop_until_feasible(problem: ChannelProblem, counts: np.ndarray) -> tuple[n
         ok = (counts > problem.min_keep) & (freed > 0)
         if not ok.any():
             return counts, dropped
-        loss = np.array([problem.values[g][counts[g] - 1] if counts[g] > 0 else np.inf
+        step = np.array([_step_down(problem, g, int(counts[g])) for g in range(problem.n_groups)])
+        ok &= step > 0
+        if not ok.any():
+            return counts, dropped
+        loss = np.array([problem.values[g][counts[g] - step[g]:counts[g]].sum() if step[g] > 0 else np.inf
                          for g in range(problem.n_groups)])
-        ratio = np.where(ok, loss / np.where(freed > 0, freed, 1.0), np.inf)
+        ratio = np.where(ok, loss / np.where(freed > 0, freed * np.maximum(step, 1), 1.0), np.inf)
         g = int(np.argmin(ratio))
-        counts[g] -= 1
-        dropped += 1
+        counts[g] -= step[g]
+        dropped += int(step[g])
 
 
 def _result(problem: ChannelProblem, counts: np.ndarray | None, bound: float, solver: str, start: float,
@@ -114,8 +127,10 @@ def _result(problem: ChannelProblem, counts: np.ndarray | None, bound: float, so
 
 
 def solve_channels(problem: ChannelProblem, *, solver: str = "highs", time_limit: float | None = None,
-                   rel_gap: float = 0.0, threads: int | None = None) -> ChannelResult:
-    """Choose the kept count of every group maximising the kept value under every budget."""
+                   rel_gap: float = 0.0, threads: int | None = None,
+                   linearization: str = "choice") -> ChannelResult:
+    """Choose the kept count of every group maximising the kept value under every budget
+    (``linearization``: the MILP's form, ``choice`` or ``binary``; both exact)."""
     if not isinstance(problem, ChannelProblem):
         raise SolverOptionError(f"`problem` must be a ChannelProblem; got {type(problem).__name__}")
     if solver not in CHANNEL_SOLVERS:
@@ -125,27 +140,38 @@ def solve_channels(problem: ChannelProblem, *, solver: str = "highs", time_limit
         raise SolverOptionError(f"`time_limit` must be a number of seconds > 0; got {time_limit!r}")
     if isinstance(rel_gap, bool) or not isinstance(rel_gap, (int, float)) or not 0 <= rel_gap < 1:
         raise SolverOptionError(f"`rel_gap` must be a number in [0, 1); got {rel_gap!r}")
+    if linearization not in LINEARIZATIONS:
+        raise SolverOptionError(f"`linearization` must be one of {', '.join(LINEARIZATIONS)}; got {linearization!r}")
     start = time.perf_counter()
-    if not check_counts(problem, problem.min_keep.copy()).feasible:
+    smallest = np.array([problem.options(g)[0] for g in range(problem.n_groups)], dtype=np.int64)
+    low = check_counts(problem, smallest)
+    if not low.feasible:
         return _result(problem, None, -math.inf, solver, start, True,
-                       {"status": "infeasible", "reason": "the minimum counts already break "
-                        f"{check_counts(problem, problem.min_keep.copy()).violated()}"})
+                       {"status": "infeasible", "reason": f"the smallest counts already break {low.violated()}"})
     if solver == "greedy":
         counts, dropped = _drop_until_feasible(problem, problem.sizes.copy())
         return _result(problem, counts, math.inf, solver, start, False, {"dropped": dropped})
-    spec = channel_spec(problem)
-    run = solve_spec(spec, time_limit=time_limit, rel_gap=rel_gap, threads=threads)
+    greedy, _ = _drop_until_feasible(problem, problem.sizes.copy())
+    spec = channel_spec(problem, linearization)
+    remaining = None if time_limit is None else max(1e-3, time_limit - (time.perf_counter() - start))
+    run = solve_spec(spec, time_limit=remaining, rel_gap=rel_gap, threads=threads)
     scale = spec.notes["objective_scale"]
-    extra: dict[str, Any] = {"n_cols": spec.n_cols, "n_rows": spec.n_rows, "products": spec.notes["products"],
+    extra: dict[str, Any] = {"linearization": linearization, "n_cols": spec.n_cols, "n_rows": spec.n_rows, "products": spec.notes["products"],
                              "highs_status": run.status, "termination": run.termination,
                              "solve_s": run.solve_s}
     bound = run.bound / scale if math.isfinite(run.bound) else math.inf
+    greedy_ok = check_counts(problem, greedy).feasible
     if run.values is None:
-        if run.termination == "infeasible":
+        if run.termination == "infeasible" and not greedy_ok:
             extra["status"] = "infeasible"
-        return _result(problem, None, bound, "highs", start, False, extra)
+            return _result(problem, None, bound, "highs", start, False, extra)
+        extra["incumbent"] = "greedy"
+        return _result(problem, greedy if greedy_ok else None, bound, "highs", start, False, extra)
     counts = counts_from_values(problem, spec, run.values)
     counts, dropped = _drop_until_feasible(problem, counts)
     extra["repaired"] = dropped
     proven = run.termination == "optimal" and rel_gap <= OPTIMAL_GAP and dropped == 0
+    extra["incumbent"] = "milp"
+    if greedy_ok and problem.value(greedy) > problem.value(counts):
+        counts, extra["incumbent"] = greedy, "greedy"   # HiGHS stopped early with a worse point
     return _result(problem, counts, bound, "highs", start, proven, extra)

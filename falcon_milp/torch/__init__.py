@@ -23,6 +23,10 @@ Modules (stable APIs other modules build on):
   loss as judge of candidates, the layer-scale search.
 - :mod:`.stage` -- one FALCON stage; :mod:`.prune` -- ``prune_model`` (every method);
   :mod:`.gradual` -- ``gradual_prune`` (prune, fine-tune, repeat).
+- structured pruning: :mod:`.channel_graph` (channels coupled through the network, torch.fx +
+  networkx), :mod:`.channel_costs` (MACs / parameters as polynomials of the kept counts),
+  :mod:`.channel_surgery` (masked model, physically smaller model), :mod:`.latency` (measured
+  latency, per-layer table), :mod:`.structured` -- ``prune_channels`` (the channel MILP).
 """
 from __future__ import annotations
 
@@ -93,6 +97,11 @@ _LAZY = {
     "refine_support": "dfo",
     "run_stage": "stage",
     "StageConfig": "stage",
+    "build_channel_graph": "channel_graph",
+    "prune_channels": "structured",
+    "ChannelReport": "structured",
+    "slice_model": "channel_surgery",
+    "measure_latency": "latency",
 }
 
 __all__ = ["CheckpointMismatchError", "DataFileError", "InputShapeError", "ModelError",

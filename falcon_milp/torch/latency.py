@@ -29,7 +29,7 @@ from torch import nn
 from .channel_costs import Polynomial, count_affine
 from .channel_graph import ChannelGraph, ModuleUse
 
-__all__ = ["LatencyModel", "fit_latency_model", "measure_latency"]
+__all__ = ["LatencyModel", "compare_latency", "fit_latency_model", "measure_latency"]
 
 GRID = (0.25, 0.5, 0.75, 1.0)
 
@@ -53,6 +53,18 @@ def measure_latency(model: nn.Module, x: torch.Tensor, *, min_time: float = 0.3,
     finally:
         model.train(was)
     return min(runs) if statistic == "min" else statistics.median(runs)
+
+
+def compare_latency(first: nn.Module, second: nn.Module, x: torch.Tensor, rounds: int = 3,
+                    min_time: float = 0.2) -> tuple[float, float]:
+    """Seconds of ``first(x)`` and ``second(x)`` measured side by side: ``rounds`` alternating
+    rounds, each the fastest of its runs, and the fastest round of each model (load from other
+    processes only ever adds time, so the minimum is the least disturbed estimate)."""
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(measure_latency(first, x, min_time=min_time, statistic="min"))
+        b.append(measure_latency(second, x, min_time=min_time, statistic="min"))
+    return min(a), min(b)
 
 
 def _layer(use: ModuleUse, c_in: int, c_out: int) -> tuple[nn.Module, torch.Tensor, int]:

@@ -36,7 +36,7 @@ from .channel_costs import channel_resources
 from .channel_graph import ChannelGraph, build_channel_graph
 from .channel_surgery import channel_gates, slice_model
 from .flops import dense_flops, prunable_layers
-from .latency import LatencyModel, fit_latency_model, measure_latency
+from .latency import LatencyModel, compare_latency, fit_latency_model
 from .options import check_calib, choice, fraction, int_option
 
 __all__ = ["CHANNEL_IMPORTANCES", "ChannelReport", "channel_importance", "prune_channels"]
@@ -225,7 +225,7 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, *, flops_fract
     t = time.perf_counter()
     for b in batches:
         xb = example_input[:1].expand(b, *example_input.shape[1:]).contiguous()
-        before, after = measure_latency(model, xb), measure_latency(small, xb)
+        before, after = compare_latency(model, small, xb)
         latency[f"batch{b}"] = {"dense_s": before, "pruned_s": after, "ratio": after / before}
     times["latency"] = time.perf_counter() - t
     report = ChannelReport(
