@@ -277,3 +277,16 @@ def test_prune_channels_option_errors(kwargs, message, mnist_calib):
         prune_channels(model, example_input("mnist_cnn"), **args)
     assert message in str(exc.value) and "\n" not in str(exc.value)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_round_to_counts_are_multiples():
+    p = _random_problem(np.random.default_rng(5), G=3, nmax=20)
+    q = ChannelProblem.from_groups(list(p.values), p.resources, p.budgets, min_keep=1, round_to=4)
+    for solver in ("highs", "greedy"):
+        r = solve_channels(q, solver=solver)
+        if r.counts is not None:
+            assert all(k % 4 == 0 or k == n for k, n in zip(r.counts, q.sizes))
+    with pytest.raises(InvalidInstanceError, match="is not a multiple of round_to = 4"):
+        check_counts(q, np.array([3 if n > 4 else int(n) for n in q.sizes]) if any(q.sizes > 4) else np.array([3]))
+    with pytest.raises(InvalidInstanceError, match="`round_to` must be an integer >= 1"):
+        ChannelProblem.from_groups(list(p.values), p.resources, p.budgets, round_to=0)
