@@ -10,8 +10,9 @@ import pytest
 
 from falcon_milp import PruningInstance, SolverOptionError, check_mask, solve
 from falcon_milp.result import TERMINATIONS, relative_gap
-from falcon_milp.solvers.highs import (TERMINATION_OF_STATUS, lagrangian_bound, repair_mask, solve_compact,
+from falcon_milp.solvers.highs import (TERMINATION_OF_STATUS, lagrangian_bound, solve_compact,
                                        solve_ilp, solve_lp, termination_of)
+from falcon_milp.solvers.rounding import repair_mask
 from falcon_milp.synthetic import random_layered
 from tiny import brute_force, tiny_instances
 

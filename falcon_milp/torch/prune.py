@@ -68,6 +68,7 @@ from .flops import (PrunableLayer, dense_flops, dense_nnz, flat_weights, flops_v
                     prunable_layers)
 from .masks import layer_usage, write_weights
 from ..memory import PeakMemory, available_memory
+from ..solvers.rounding import repair_mask
 from .options import (Calib, check_calib, choice, device_option, fraction, grid, int_option, new_file_option,
                       real_option)
 from .quadratic import QuadraticModel
@@ -294,22 +295,6 @@ def _layerwise_mask(w: np.ndarray, sizes: np.ndarray, flops: np.ndarray, max_nnz
             keep = np.argsort(-seg, kind="stable")[:k]
             mask[start + keep] = True
         start += int(n)
-    return mask
-
-
-def _repair(projector: Projector, imp: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Drop the least important kept weights until the exact budget check passes."""
-    from ..result import check_mask
-    inst = projector.instance(imp)
-    if check_mask(inst, mask).feasible:
-        return mask
-    mask = mask.copy()
-    kept = np.flatnonzero(mask)
-    order = kept[np.argsort(imp[kept], kind="stable")]
-    for i in order:
-        mask[i] = False
-        if check_mask(inst, mask).feasible:
-            break
     return mask
 
 
@@ -636,7 +621,7 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
         t = time.perf_counter()
         if method == "layerwise-magnitude":
             mask = _layerwise_mask(w0, sizes, fpw, max_nnz, max_flops)
-            mask = _repair(proj, w0 * w0, mask)
+            mask = repair_mask(proj.instance(w0 * w0), mask)[0]
         elif method == "magnitude":
             mask = proj(w0 * w0)
             n_proj += 1

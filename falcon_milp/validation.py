@@ -14,7 +14,7 @@ import numpy as np
 from .exceptions import InvalidInstanceError
 
 
-def _first_bad(values: np.ndarray) -> tuple[int, float] | None:
+def first_bad(values: np.ndarray) -> tuple[int, float] | None:
     """Index and value of the first NaN, infinite or negative entry, or None."""
     bad = ~np.isfinite(values) | (values < 0)
     if not bad.any():
@@ -41,7 +41,7 @@ def as_importance_array(values: Any, group: str) -> np.ndarray:
         raise InvalidInstanceError(f"`importances` of group '{group}' is empty; a group needs >= 1 weight")
     if arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float64)
-    bad = _first_bad(arr)
+    bad = first_bad(arr)
     if bad is not None:
         raise InvalidInstanceError(
             f"`importances` of group '{group}' must be finite and >= 0; got {bad[1]!r} at index {bad[0]}")

@@ -29,6 +29,8 @@ import numpy as np
 
 from ..instance import PruningInstance
 
+EPS = np.finfo(np.float64).eps
+"""Machine epsilon of float64 (the unit of the rounding margins)."""
 BLOCK = 4096
 """Block length of the per-layer prefix sums (partial blocks are summed on demand)."""
 
