@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from .exceptions import InvalidInstanceError
+from .exceptions import OptionError
 from .instance import PruningInstance
+from .validation import choice, fraction, integer
 
 LayerRow = tuple[str, int, int, int]
 """(name, n_weights, flops_per_weight, fan_in)"""
@@ -115,9 +116,7 @@ _TABLES = {"resnet20": _resnet20, "mobilenetv1": _mobilenetv1, "resnet50": _resn
 
 
 def _check_arch(arch: Any) -> str:
-    if not isinstance(arch, str) or arch not in _TABLES:
-        raise InvalidInstanceError(f"`arch` must be one of {', '.join(ARCHS)}; got {arch!r}")
-    return arch
+    return choice(arch, "arch", ARCHS)
 
 
 def layer_table(arch: str) -> list[LayerRow]:
@@ -131,20 +130,13 @@ def dense_totals(arch: str) -> tuple[int, int]:
     return sum(r[1] for r in rows), sum(r[1] * r[2] for r in rows)
 
 
-def _check_fraction(value: Any, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not 0.0 <= float(value) <= 1.0:
-        raise InvalidInstanceError(f"`{field}` must be in [0, 1]; got {value!r}")
-    return float(value)
-
-
 def _check_dtype(dtype: Any) -> np.dtype:
     try:
         dt = np.dtype(dtype)
     except TypeError:
         dt = None
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise InvalidInstanceError(f"`dtype` must be float32 or float64; got {dtype!r}")
+        raise OptionError(f"`dtype` must be float32 or float64; got {dtype!r}")
     return dt
 
 
@@ -165,10 +157,9 @@ def _importances(sizes: np.ndarray, fan_ins: np.ndarray, seed: int, dtype: np.dt
 def _build(names, sizes, flops, fan_ins, nnz_fraction, flops_fraction, seed, dtype,
            metadata) -> PruningInstance:
     dt = _check_dtype(dtype)
-    nnz_fraction = _check_fraction(nnz_fraction, "nnz_fraction")
-    flops_fraction = _check_fraction(flops_fraction, "flops_fraction")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InvalidInstanceError(f"`seed` must be an integer >= 0; got {seed!r}")
+    nnz_fraction = fraction(nnz_fraction, "nnz_fraction", optional=False)
+    flops_fraction = fraction(flops_fraction, "flops_fraction", optional=False)
+    integer(seed, "seed", 0)
     sizes = np.asarray(sizes, dtype=np.int64)
     flops = np.asarray(flops, dtype=np.float64)
     p = int(sizes.sum())
@@ -204,13 +195,11 @@ def random_layered(n_weights: int, n_layers: int, seed: int = 0, nnz_fraction: f
     224x224 CNN) and the last layer is a classifier with cost 1. ``fan_in`` is 9 * a channel
     count of about sqrt(layer size / 9). Importances and budgets as in :func:`arch_instance`.
     """
-    for value, field in ((n_weights, "n_weights"), (n_layers, "n_layers")):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise InvalidInstanceError(f"`{field}` must be an integer >= 1; got {value!r}")
+    integer(n_weights, "n_weights", 1)
+    integer(n_layers, "n_layers", 1)
     if n_layers > n_weights:
-        raise InvalidInstanceError(f"`n_layers` must be <= n_weights ({n_weights}); got {n_layers}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InvalidInstanceError(f"`seed` must be an integer >= 0; got {seed!r}")
+        raise OptionError(f"`n_layers` must be <= n_weights ({n_weights}); got {n_layers}")
+    integer(seed, "seed", 0)
     rng = np.random.default_rng([int(seed), 1])
     share = rng.lognormal(0.0, 1.0, size=n_layers)
     sizes = 1 + np.floor(share / share.sum() * (n_weights - n_layers)).astype(np.int64)

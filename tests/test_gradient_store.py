@@ -157,7 +157,7 @@ def test_dual_solve_is_exact_even_with_a_tiny_ridge_and_blocks_batch_their_facto
             H = Xd[:, idx].T @ Xd[:, idx] + 2 * qm.lam2 * np.eye(idx.size)
             want[idx] = np.linalg.solve(H, v[idx])
     np.testing.assert_allclose(pre.apply(v), want, rtol=1e-8, atol=1e-10)
-    with pytest.raises(Exception, match=r"`precond` must be one of auto, blocks, dual; got 'lu'"):
+    with pytest.raises(Exception, match=r"`precond` must be one of 'auto', 'blocks', 'dual'; got 'lu'"):
         backsolve(qm, mask, precond="lu")
 
 

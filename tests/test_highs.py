@@ -199,7 +199,7 @@ def test_repair_drops_least_important_weights_on_violated_rows():
 
 def test_option_errors():
     inst = TINY["nnz-binding"]
-    with pytest.raises(SolverOptionError, match="`backend` must be one of auto, pyomo, highspy; got 'gurobi'"):
+    with pytest.raises(SolverOptionError, match="`backend` must be one of 'auto', 'pyomo', 'highspy'; got 'gurobi'"):
         solve(inst, solver="highs-ilp", backend="gurobi")
     with pytest.raises(SolverOptionError, match="unknown option `presolve` for highs-lp; known: backend"):
         solve(inst, solver="highs-lp", presolve="on")

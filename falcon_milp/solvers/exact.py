@@ -27,6 +27,7 @@ from typing import Any
 from ..certificate import RawSolution
 from ..exceptions import SolverOptionError
 from ..instance import PruningInstance
+from ..validation import integer
 from .bands import banded_problem
 from .core_search import core_search
 from .rounding import exchange, fill
@@ -44,8 +45,8 @@ def solve_exact(instance: PruningInstance, *, time_limit: float | None = None, r
     ``max_nodes`` caps the search (then status ``feasible``, termination ``iteration_limit``);
     ``band=False`` scans the three leaf classes without the two-row band (slower; for checks).
     """
-    if max_nodes is not None and (isinstance(max_nodes, bool) or not isinstance(max_nodes, int) or max_nodes < 1):
-        raise SolverOptionError(f"`max_nodes` must be an integer >= 1; got {max_nodes!r}")
+    if max_nodes is not None:
+        integer(max_nodes, "max_nodes", 1, SolverOptionError)
     start = time.perf_counter()
     deadline = None if time_limit is None else start + float(time_limit)
     prob = banded_problem(instance, threads)

@@ -18,6 +18,7 @@ from typing import Any
 from ..certificate import OPTIMALITY_TOL, RawSolution
 from ..exceptions import SolverOptionError
 from ..instance import PruningInstance
+from ..validation import integer
 from .bands import banded_problem
 from .core_search import core_search
 from .rounding import exchange, fill
@@ -31,8 +32,7 @@ def solve_fast(instance: PruningInstance, *, time_limit: float | None = None, re
     ``search_nodes``: node budget of the exact class-count search used as a local improvement
     (0 turns it off); deterministic, unlike a time budget.
     """
-    if isinstance(search_nodes, bool) or not isinstance(search_nodes, int) or search_nodes < 0:
-        raise SolverOptionError(f"`search_nodes` must be an integer >= 0; got {search_nodes!r}")
+    integer(search_nodes, "search_nodes", 0, SolverOptionError)
     prob = banded_problem(instance, threads)
     lp = prob.solve_lp()
     k = fill(prob, lp.floor)

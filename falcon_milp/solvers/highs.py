@@ -78,6 +78,7 @@ from ..formulations import build_spec, counts_to_mask
 from ..formulations.spec import LinearSpec, to_pyomo
 from ..instance import PruningInstance
 from ..result import check_mask
+from ..validation import choice
 from .isolated import IsolatedRun, can_isolate, run_isolated
 from .rounding import repair_mask
 
@@ -430,9 +431,7 @@ def _check_options(options: dict[str, Any], solver: str) -> str:
     backend = options.pop("backend", "auto")
     if options:
         raise SolverOptionError(f"unknown option `{sorted(options)[0]}` for {solver}; known: backend")
-    if backend not in BACKENDS:
-        raise SolverOptionError(f"`backend` must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    return backend
+    return choice(backend, "backend", BACKENDS, SolverOptionError)
 
 
 def _remaining(time_limit: float | None, start: float) -> float | None:

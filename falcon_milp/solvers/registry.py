@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -19,6 +18,7 @@ from ..certificate import RawSolution, finish
 from ..exceptions import SolverOptionError, SolverRegistrationError, SolverUnavailableError, UnknownSolverError
 from ..instance import PruningInstance
 from ..result import SolveResult
+from ..validation import integer, real
 
 
 @dataclass(frozen=True)
@@ -173,14 +173,11 @@ def _check_extra_options(spec: SolverSpec, func: Callable[..., Any], options: di
 
 
 def _check_options(time_limit: Any, rel_gap: Any, threads: Any) -> None:
-    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
-                                   or not time_limit > 0 or not math.isfinite(time_limit)):
-        raise SolverOptionError(f"`time_limit` must be a finite number of seconds > 0; got {time_limit!r}")
-    if rel_gap is not None and (isinstance(rel_gap, bool) or not isinstance(rel_gap, (int, float))
-                                or not 0 <= rel_gap < math.inf):
-        raise SolverOptionError(f"`rel_gap` must be a finite number >= 0; got {rel_gap!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise SolverOptionError(f"`threads` must be an integer >= 1; got {threads!r}")
+    """The options every solver takes (None = the default)."""
+    real(time_limit, "time_limit", strict=True, unit="seconds", error=SolverOptionError, optional=True)
+    real(rel_gap, "rel_gap", error=SolverOptionError, optional=True)
+    if threads is not None:
+        integer(threads, "threads", 1, error=SolverOptionError)
 
 
 def solve(instance: PruningInstance, solver: str = "fast", time_limit: float | None = None,

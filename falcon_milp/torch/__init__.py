@@ -29,7 +29,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ..exceptions import FalconError
+from ..exceptions import FalconError, OptionError
 
 
 class ModelError(FalconError, ValueError):
@@ -46,10 +46,6 @@ class InputShapeError(ModelError):
 
 class CheckpointMismatchError(ModelError):
     """A checkpoint's keys or shapes do not match the architecture."""
-
-
-class OptionError(FalconError, ValueError):
-    """An option of the bridge out of range (budget fraction, importance name or parameter)."""
 
 
 class DataFileError(FalconError, ValueError):

@@ -93,10 +93,11 @@ def run(args: argparse.Namespace) -> int:
     from ..io import save_instance
     from . import OptionError
     from .architectures import ARCHITECTURES, build_model, example_input, load_checkpoint, pretrained_path
-    from .export import check_fraction, export_instance
+    from ..validation import fraction
+    from .export import export_instance
 
-    check_fraction(args.flops_fraction, "flops_fraction")
-    check_fraction(args.nnz_fraction, "nnz_fraction")
+    fraction(args.flops_fraction, "flops_fraction")
+    fraction(args.nnz_fraction, "nnz_fraction")
     if args.checkpoint and args.random_init:
         raise OptionError("give `--checkpoint` or `--random-init`, not both")
     model = build_model(args.arch, seed=args.seed)

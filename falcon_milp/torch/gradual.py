@@ -10,7 +10,8 @@ from torch import nn
 
 from . import OptionError
 from .masks import remove_masks
-from .options import Calib, check_calib, fraction, int_option
+from ..validation import fraction, integer
+from .options import Calib, check_calib
 from .prune import PruneReport, prune_model
 from .schedules import gradual_epochs, stage_budgets
 
@@ -62,7 +63,7 @@ def gradual_prune(model: nn.Module, calib: Calib, train_data: Calib, flops_fract
     into plain weights. Fine-tuning is SGD on ``train_data`` unless ``train_epoch(model, epoch)
     -> mean loss`` is given. ``prune_options`` go to :func:`prune_model`.
     """
-    n_epochs = int_option(n_epochs, "n_epochs", 1)
+    n_epochs = integer(n_epochs, "n_epochs", 1)
     if prune_epochs is None:
         prune_epochs = gradual_epochs(n_epochs, n_prunes)
     epochs = sorted(int(e) for e in prune_epochs)

@@ -69,8 +69,8 @@ from .flops import (PrunableLayer, dense_flops, dense_nnz, flat_weights, flops_v
 from .masks import layer_usage, write_weights
 from ..memory import PeakMemory, available_memory
 from ..solvers.rounding import repair_mask
-from .options import (Calib, check_calib, choice, device_option, fraction, grid, int_option, new_file_option,
-                      real_option)
+from ..validation import boolean, choice, fraction, grid, integer, real
+from .options import Calib, check_calib, device_option, new_file_option
 from .quadratic import QuadraticModel
 from .referee import CRITERIA, Referee, mean_loss, split_calibration
 from .schedules import stage_budgets
@@ -419,15 +419,14 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
     from .reconstruction import NORMALIZATIONS
     choice(normalization, "normalization", NORMALIZATIONS)
     choice(allocate, "allocate", ("milp", "uniform"))
-    levels = int_option(levels, "levels", 2)
-    damp = real_option(damp, "damp", strict=True)
-    if not isinstance(sequential, bool):
-        raise OptionError(f"`sequential` must be True or False; got {sequential!r}")
+    levels = integer(levels, "levels", 2)
+    damp = real(damp, "damp", strict=True)
+    boolean(sequential, "sequential")
     if x_dtype is not None:
         choice(x_dtype, "x_dtype", tuple(STORE_DTYPES))
     x_path = new_file_option(x_path, "x_path")
     if max_memory is not None:
-        max_memory = int_option(max_memory, "max_memory", 1)
+        max_memory = integer(max_memory, "max_memory", 1)
     dev = device_option(device)
     if x_path is not None and dev.type != "cpu":
         raise OptionError("`x_path` (X in a file) works with `device='cpu'` only")
@@ -441,22 +440,22 @@ def _prune_model(model: nn.Module, calib: Calib, flops_fraction: float | None = 
         raise OptionError("give `flops_fraction` or `nnz_fraction` (both are None)")
     from ..solvers import get_solver
     get_solver(solver)
-    n_grads = int_option(n_grads, "n_grads", 1)
+    n_grads = integer(n_grads, "n_grads", 1)
     if grads_per_row is not None:
-        grads_per_row = int_option(grads_per_row, "grads_per_row", 1)
-    stages = int_option(stages, "stages", 1)
-    max_iter = int_option(max_iter, "max_iter", 1)
-    refine_iters = int_option(refine_iters, "refine_iters", 0)
-    support_iters = int_option(support_iters, "support_iters", 0)
-    block_size = int_option(block_size, "block_size", 1)
-    backsolve_iters = int_option(backsolve_iters, "backsolve_iters", 0)
+        grads_per_row = integer(grads_per_row, "grads_per_row", 1)
+    stages = integer(stages, "stages", 1)
+    max_iter = integer(max_iter, "max_iter", 1)
+    refine_iters = integer(refine_iters, "refine_iters", 0)
+    support_iters = integer(support_iters, "support_iters", 0)
+    block_size = integer(block_size, "block_size", 1)
+    backsolve_iters = integer(backsolve_iters, "backsolve_iters", 0)
     if lam2 is not None:
-        lam2 = real_option(lam2, "lam2")
+        lam2 = real(lam2, "lam2")
     lam2_grid = grid(lam2_rel, "lam2_rel")
     steps_grid = grid(update_steps, "update_steps", 0.0, 1.0)
     val_fraction = float(fraction(val_fraction, "val_fraction") or 0.0)
-    alpha = real_option(alpha, "alpha", -math.inf)
-    tol = real_option(tol, "tol")
+    alpha = real(alpha, "alpha", -math.inf)
+    tol = real(tol, "tol")
     fraction(schedule_start, "schedule_start")
     if schedule == "paper":
         stages, schedule_start, schedule_power = 20, 0.7, 3.0

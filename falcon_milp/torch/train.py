@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import OptionError
+from ..validation import integer, real
 
 __all__ = ["evaluate", "random_shift", "train_classifier"]
 
@@ -58,11 +58,9 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
     epoch (``epoch``, ``loss``, ``train_acc`` on the augmented batches, ``lr``); ``log`` is called
     with each of them.
     """
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise OptionError(f"`{name}` must be an integer >= 1; got {value!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise OptionError(f"`lr` must be a finite number > 0; got {lr!r}")
+    integer(epochs, "epochs", 1)
+    integer(batch_size, "batch_size", 1)
+    real(lr, "lr", strict=True)
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
