@@ -1,6 +1,6 @@
 """PyTorch bridge: FLOP costs, importance scores, instance export and masks for real networks.
 
-Importing this package does not import torch (the CLI loads ``falcon_milp.torch.commands``
+Importing this package does not import torch (the CLI loads ``falcon_milp.torch.export_command``
 without it); the public names below are loaded on first use.
 
 Modules (stable APIs other modules build on):

@@ -13,7 +13,7 @@ import argparse
 import json
 from typing import Any
 
-from .commands import BUNDLED_WEIGHTS, add_model_options
+from .model_options import BUNDLED_WEIGHTS, add_model_options
 
 METHODS = ("falcon", "falcon++", "layer-reconstruction", "magnitude", "layerwise-magnitude", "ratio-greedy",
            "obs", "nnz-only")
@@ -64,7 +64,7 @@ def load_calibration(spec: str | None, arch: str, n: int, seed: int) -> Any:
     as for `export` (shared loader), but always required."""
     from . import OptionError
     from .architectures import ARCHITECTURES
-    from .commands import load_data
+    from .model_options import load_data
 
     if n < 1:
         raise OptionError(f"`--n-grads` must be >= 1; got {n}")
