@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from .arch_tables import (BOTTLENECK_EXPANSION, MOBILENET_CFG, MOBILENET_STEM, RESNET20_BLOCKS, RESNET20_STAGES,
+                          RESNET20_STEM, RESNET50_STAGES, RESNET50_STEM)
 from .exceptions import OptionError
 from .instance import PruningInstance
 from .validation import choice, fraction, integer
@@ -56,50 +58,45 @@ def _linear(name: str, fin: int, fout: int) -> LayerRow:
 
 def _resnet20() -> list[LayerRow]:
     rows: list[LayerRow] = []
-    row, h = _conv("conv1", 3, 16, 3, 1, 32)
+    row, h = _conv("conv1", 3, RESNET20_STEM, 3, 1, 32)
     rows.append(row)
-    cin = 16
-    for s, (planes, stride) in enumerate(((16, 1), (32, 2), (64, 2)), start=1):
-        for b in range(3):
+    cin = RESNET20_STEM
+    for s, (planes, stride) in enumerate(RESNET20_STAGES, start=1):
+        for b in range(RESNET20_BLOCKS):
             row, h_mid = _conv(f"layer{s}.{b}.conv1", cin, planes, 3, stride if b == 0 else 1, h)
             rows.append(row)
             row, h = _conv(f"layer{s}.{b}.conv2", planes, planes, 3, 1, h_mid)
             rows.append(row)
             cin = planes  # option A: the shortcut has no weights
-    rows.append(_linear("fc", 64, 10))
+    rows.append(_linear("fc", cin, 10))
     return rows
-
-
-_MOBILENET_CFG = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),
-                  (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
 
 
 def _mobilenetv1() -> list[LayerRow]:
     rows: list[LayerRow] = []
-    row, h = _conv("conv1", 3, 32, 3, 2, 224)
+    row, h = _conv("conv1", 3, MOBILENET_STEM, 3, 2, 224)
     rows.append(row)
-    cin = 32
-    for i, (cout, stride) in enumerate(_MOBILENET_CFG):
+    cin = MOBILENET_STEM
+    for i, (cout, stride) in enumerate(MOBILENET_CFG):
         row, h = _conv(f"blocks.{i}.dw", cin, cin, 3, stride, h, groups=cin)
         rows.append(row)
         row, h = _conv(f"blocks.{i}.pw", cin, cout, 1, 1, h)
         rows.append(row)
         cin = cout
-    rows.append(_linear("fc", 1024, 1000))
+    rows.append(_linear("fc", cin, 1000))
     return rows
 
 
 def _resnet50() -> list[LayerRow]:
     rows: list[LayerRow] = []
-    row, h = _conv("conv1", 3, 64, 7, 2, 224)
+    row, h = _conv("conv1", 3, RESNET50_STEM, 7, 2, 224)
     rows.append(row)
     h = (h + 2 * 1 - 3) // 2 + 1  # max pool 3x3 stride 2 pad 1: 112 -> 56
-    cin = 64
-    for s, (planes, n_blocks, stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2),
-                                                    (512, 3, 2)), start=1):
+    cin = RESNET50_STEM
+    for s, (planes, n_blocks, stride) in enumerate(RESNET50_STAGES, start=1):
         for b in range(n_blocks):
             st = stride if b == 0 else 1
-            cout = planes * 4
+            cout = planes * BOTTLENECK_EXPANSION
             r1, h1 = _conv(f"layer{s}.{b}.conv1", cin, planes, 1, 1, h)
             r2, h2 = _conv(f"layer{s}.{b}.conv2", planes, planes, 3, st, h1)  # v1.5: stride here
             r3, h3 = _conv(f"layer{s}.{b}.conv3", planes, cout, 1, 1, h2)
@@ -108,7 +105,7 @@ def _resnet50() -> list[LayerRow]:
                 rd, _ = _conv(f"layer{s}.{b}.downsample.0", cin, cout, 1, st, h, pad=0)
                 rows.append(rd)
             cin, h = cout, h3
-    rows.append(_linear("fc", 2048, 1000))
+    rows.append(_linear("fc", cin, 1000))
     return rows
 
 

@@ -99,12 +99,7 @@ class Problem:
         self.rows = ExactRows(self.costs, self.budgets)
         if lattice:
             for r in range(1, instance.n_resources):
-                if self.rows.cap[r] is not None:
-                    exact = Fraction(self.rows.cap[r], self.rows.den[r])
-                    b = float(exact)
-                    if Fraction(b) < exact:
-                        b = math.nextafter(b, math.inf)
-                    self.budgets[r] = min(b, self.budgets[r])
+                self.budgets[r] = self.rows.lattice[r].budget(self.budgets[r])
         # multiplier rows: every resource but NNZ with a finite budget
         self.active = [r for r in range(1, instance.n_resources) if math.isfinite(self.budgets[r])]
         self.L = self.layers.n_layers
