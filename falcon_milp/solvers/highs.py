@@ -1,5 +1,8 @@
 """HiGHS solvers: ``highs-ilp`` (per-weight ILP), ``highs-lp`` (its LP relaxation), ``highs-compact``.
 
+(Over 400 lines: about a third is this docstring, the measured reasons behind the backends and
+the hard time limits; the process isolation is in :mod:`.isolated`.)
+
 The models come from :mod:`falcon_milp.formulations` as one solver-neutral array description
 (:class:`~falcon_milp.formulations.spec.LinearSpec`). Two backends solve the same numbers:
 

@@ -1,5 +1,9 @@
 """The LP engine of ``fast`` and ``exact``: per-layer sorted structure, dual points, breakpoint search.
 
+(Over 400 lines: one class, :class:`Problem`, whose dual evaluation, pieces, basic-solution walk
+and breakpoint search share its exact rows; the sorted layers, the bands, the core LP and the
+rounding are in their own modules.)
+
 The selection ILP ``max sum_i I_i z_i  s.t.  sum_i c_{i,r} z_i <= B_r (r = 0..R-1), z in {0,1}^p``
 (row 0: c = 1, B = S; row 1: FLOPs) is handled with every budget rounded down to the lattice of
 its row's costs (e.g. to an integer for integer FLOP costs): counts are integers, so the integer

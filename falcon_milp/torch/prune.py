@@ -1,5 +1,8 @@
 """Prune a PyTorch model in place with FALCON or a baseline, under a FLOP and/or NNZ budget.
 
+(Over 400 lines: the documented option list of :func:`prune_model`, its checks and the report
+dataclass; the methods are in :mod:`.prune_methods`, X in :mod:`.fisher_rows`.)
+
 Methods (``method=``), all through :func:`prune_model`:
 
 =========================  ===================================================================
