@@ -22,7 +22,7 @@ SUBPACKAGES = set(ALLOWED)
 # entry points last; the registry loads the solver modules by name, never by import)
 SOLVERS_ORDER = [
     "isolated", "sorted_layers", "rounding", "lp_core", "lp", "bands", "class_search", "highs",
-    "windowed_milp", "core_search", "greedy", "lagrangian", "fast", "exact", "allocation", "registry",
+    "windowed_milp", "core_search", "greedy", "lagrangian", "fast", "exact", "allocation", "channels", "registry",
     "__init__",
 ]
 
