@@ -37,12 +37,14 @@ def _real_number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, Real)
 
 
-def fraction(value: Any, name: str, error: ErrorClass = OptionError, optional: bool = True) -> float | None:
-    """A number in [0, 1] (NaN fails) as a float; None passes when ``optional``."""
+def fraction(value: Any, name: str, error: ErrorClass = OptionError, optional: bool = True,
+             below_one: bool = False) -> float | None:
+    """A number in [0, 1] (in [0, 1) with ``below_one``; NaN fails) as a float; None passes when
+    ``optional``."""
     if value is None and optional:
         return None
-    if not _real_number(value) or not 0.0 <= float(value) <= 1.0:
-        raise fail(name, "in [0, 1]", value, error)
+    if not _real_number(value) or not (0.0 <= float(value) < 1.0 if below_one else 0.0 <= float(value) <= 1.0):
+        raise fail(name, "in [0, 1)" if below_one else "in [0, 1]", value, error)
     return float(value)
 
 

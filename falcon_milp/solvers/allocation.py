@@ -21,7 +21,7 @@ import numpy as np
 from ..allocation import AllocationProblem, AllocationResult, check_choice
 from ..exceptions import CertificateError, SolverOptionError, SolverUnavailableError
 from ..formulations.multiple_choice import choice_from_values, multiple_choice_spec
-from ..validation import choice, integer, real
+from ..validation import choice, fraction, integer, real
 from .highs import solve_spec
 
 __all__ = ["ALLOCATION_SOLVERS", "solve_allocation"]
@@ -176,8 +176,7 @@ def solve_allocation(problem: AllocationProblem, *, solver: str = "highs", time_
         raise SolverOptionError(f"`problem` must be an AllocationProblem; got {type(problem).__name__}")
     choice(solver, "solver", ALLOCATION_SOLVERS, SolverOptionError)
     real(time_limit, "time_limit", strict=True, unit="seconds", error=SolverOptionError, optional=True)
-    if isinstance(rel_gap, bool) or not isinstance(rel_gap, (int, float)) or not 0 <= rel_gap < 1:
-        raise SolverOptionError(f"`rel_gap` must be a number in [0, 1); got {rel_gap!r}")
+    fraction(rel_gap, "rel_gap", SolverOptionError, optional=False, below_one=True)
     integer(max_states, "max_states", 1, SolverOptionError)
     start = time.perf_counter()
     short = _min_use_infeasible(problem)

@@ -22,7 +22,7 @@ import numpy as np
 from ..channels import ChannelProblem, check_counts
 from ..exceptions import CertificateError, SolverOptionError
 from ..formulations.channels import channel_spec, counts_from_values
-from ..validation import choice, real
+from ..validation import choice, fraction, real
 from .highs import solve_spec
 
 __all__ = ["CHANNEL_SOLVERS", "ChannelResult", "solve_channels"]
@@ -121,8 +121,7 @@ def solve_channels(problem: ChannelProblem, *, solver: str = "highs", time_limit
         raise SolverOptionError(f"`problem` must be a ChannelProblem; got {type(problem).__name__}")
     choice(solver, "solver", CHANNEL_SOLVERS, SolverOptionError)
     real(time_limit, "time_limit", strict=True, unit="seconds", error=SolverOptionError, optional=True)
-    if isinstance(rel_gap, bool) or not isinstance(rel_gap, (int, float)) or not 0 <= rel_gap < 1:
-        raise SolverOptionError(f"`rel_gap` must be a number in [0, 1); got {rel_gap!r}")
+    fraction(rel_gap, "rel_gap", SolverOptionError, optional=False, below_one=True)
     start = time.perf_counter()
     if not check_counts(problem, problem.min_keep.copy()).feasible:
         return _result(problem, None, -math.inf, solver, start, True,
