@@ -53,10 +53,11 @@ def child(spec: dict) -> dict:
     """Build the instance of ``spec``, run one solver, return the record (runs in a subprocess).
 
     Does what :func:`falcon_milp.solve` does (solver function, then the exact check in
-    ``registry.finish``) in two steps, so that the solver's own peak memory is measured
+    ``certificate.finish``) in two steps, so that the solver's own peak memory is measured
     before the check runs.
     """
-    from falcon_milp.solvers.registry import finish, get_solver
+    from falcon_milp.certificate import finish
+    from falcon_milp.solvers.registry import get_solver
     from falcon_milp.synthetic import arch_instance, random_layered
 
     if spec["kind"] == "arch":
@@ -81,7 +82,7 @@ def child(spec: dict) -> dict:
     peak = _rss_kb("VmHWM") if hwm_reset else None
     if peak is None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    res = finish(inst, solver, raw, runtime, options)
+    res = finish(inst, solver.name, raw, runtime, options)
     keep = ("nodes", "windows", "lp_iterations", "golden_steps", "search_nodes", "search_finished",
             "full_sorts", "windowed_milp")
     return {**spec, "n": inst.n_weights, "status": res.status, "termination": res.termination,

@@ -15,8 +15,8 @@ from .exceptions import FalconError
 
 # subcommands that live with their layer: module exposing configure(parser) and run(args) -> int
 _PLUGINS = {
-    "bench": ("falcon_milp.bench.command", "run every solver on an instance suite; JSONL + report + plots"),
-    "export": ("falcon_milp.torch.commands", "export a pruning instance from a PyTorch model"),
+    "bench": ("falcon_milp.bench.bench_command", "run every solver on an instance suite; JSONL + report + plots"),
+    "export": ("falcon_milp.torch.export_command", "export a pruning instance from a PyTorch model"),
     "prune": ("falcon_milp.torch.prune_command", "prune a PyTorch model with FALCON or a baseline"),
     "sweep": ("falcon_milp.torch.sweep_command", "a grid of pruning runs from a TOML config, on any executor"),
 }

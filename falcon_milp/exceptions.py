@@ -26,8 +26,13 @@ class UnknownSolverError(FalconError, ValueError):
     """A solver name that is not registered."""
 
 
-class SolverOptionError(FalconError, ValueError):
-    """A solver option (time limit, gap, threads, ...) out of range."""
+class OptionError(FalconError, ValueError):
+    """An option out of its domain (a fraction, a count, a choice, ...): see
+    :mod:`falcon_milp.validation`. The PyTorch bridge raises it as is."""
+
+
+class SolverOptionError(OptionError):
+    """A solver option (time limit, gap, threads, backend, ...) out of range."""
 
 
 class SolverRegistrationError(FalconError, ValueError):

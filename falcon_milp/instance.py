@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import _validation as v
+from . import validation as v
 from .exceptions import InvalidInstanceError
 
 NNZ, FLOPS = 0, 1
@@ -209,7 +209,7 @@ class PruningInstance:
             arr = arr.astype(np.float64)
         else:
             arr = arr.copy() if copy else arr.view()   # a view: its read-only flag is its own
-        bad = v._first_bad(arr)
+        bad = v.first_bad(arr)
         if bad is not None:
             offsets = np.concatenate([[0], np.cumsum(sizes)])
             g = int(np.searchsorted(offsets, bad[0], side="right") - 1)

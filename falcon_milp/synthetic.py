@@ -31,8 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from .exceptions import InvalidInstanceError
+from .arch_tables import (BOTTLENECK_EXPANSION, MOBILENET_CFG, MOBILENET_STEM, RESNET20_BLOCKS, RESNET20_STAGES,
+                          RESNET20_STEM, RESNET50_STAGES, RESNET50_STEM)
+from .exceptions import OptionError
 from .instance import PruningInstance
+from .validation import choice, fraction, integer
 
 LayerRow = tuple[str, int, int, int]
 """(name, n_weights, flops_per_weight, fan_in)"""
@@ -55,50 +58,45 @@ def _linear(name: str, fin: int, fout: int) -> LayerRow:
 
 def _resnet20() -> list[LayerRow]:
     rows: list[LayerRow] = []
-    row, h = _conv("conv1", 3, 16, 3, 1, 32)
+    row, h = _conv("conv1", 3, RESNET20_STEM, 3, 1, 32)
     rows.append(row)
-    cin = 16
-    for s, (planes, stride) in enumerate(((16, 1), (32, 2), (64, 2)), start=1):
-        for b in range(3):
+    cin = RESNET20_STEM
+    for s, (planes, stride) in enumerate(RESNET20_STAGES, start=1):
+        for b in range(RESNET20_BLOCKS):
             row, h_mid = _conv(f"layer{s}.{b}.conv1", cin, planes, 3, stride if b == 0 else 1, h)
             rows.append(row)
             row, h = _conv(f"layer{s}.{b}.conv2", planes, planes, 3, 1, h_mid)
             rows.append(row)
             cin = planes  # option A: the shortcut has no weights
-    rows.append(_linear("fc", 64, 10))
+    rows.append(_linear("fc", cin, 10))
     return rows
-
-
-_MOBILENET_CFG = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),
-                  (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
 
 
 def _mobilenetv1() -> list[LayerRow]:
     rows: list[LayerRow] = []
-    row, h = _conv("conv1", 3, 32, 3, 2, 224)
+    row, h = _conv("conv1", 3, MOBILENET_STEM, 3, 2, 224)
     rows.append(row)
-    cin = 32
-    for i, (cout, stride) in enumerate(_MOBILENET_CFG):
+    cin = MOBILENET_STEM
+    for i, (cout, stride) in enumerate(MOBILENET_CFG):
         row, h = _conv(f"blocks.{i}.dw", cin, cin, 3, stride, h, groups=cin)
         rows.append(row)
         row, h = _conv(f"blocks.{i}.pw", cin, cout, 1, 1, h)
         rows.append(row)
         cin = cout
-    rows.append(_linear("fc", 1024, 1000))
+    rows.append(_linear("fc", cin, 1000))
     return rows
 
 
 def _resnet50() -> list[LayerRow]:
     rows: list[LayerRow] = []
-    row, h = _conv("conv1", 3, 64, 7, 2, 224)
+    row, h = _conv("conv1", 3, RESNET50_STEM, 7, 2, 224)
     rows.append(row)
     h = (h + 2 * 1 - 3) // 2 + 1  # max pool 3x3 stride 2 pad 1: 112 -> 56
-    cin = 64
-    for s, (planes, n_blocks, stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2),
-                                                    (512, 3, 2)), start=1):
+    cin = RESNET50_STEM
+    for s, (planes, n_blocks, stride) in enumerate(RESNET50_STAGES, start=1):
         for b in range(n_blocks):
             st = stride if b == 0 else 1
-            cout = planes * 4
+            cout = planes * BOTTLENECK_EXPANSION
             r1, h1 = _conv(f"layer{s}.{b}.conv1", cin, planes, 1, 1, h)
             r2, h2 = _conv(f"layer{s}.{b}.conv2", planes, planes, 3, st, h1)  # v1.5: stride here
             r3, h3 = _conv(f"layer{s}.{b}.conv3", planes, cout, 1, 1, h2)
@@ -107,7 +105,7 @@ def _resnet50() -> list[LayerRow]:
                 rd, _ = _conv(f"layer{s}.{b}.downsample.0", cin, cout, 1, st, h, pad=0)
                 rows.append(rd)
             cin, h = cout, h3
-    rows.append(_linear("fc", 2048, 1000))
+    rows.append(_linear("fc", cin, 1000))
     return rows
 
 
@@ -115,9 +113,7 @@ _TABLES = {"resnet20": _resnet20, "mobilenetv1": _mobilenetv1, "resnet50": _resn
 
 
 def _check_arch(arch: Any) -> str:
-    if not isinstance(arch, str) or arch not in _TABLES:
-        raise InvalidInstanceError(f"`arch` must be one of {', '.join(ARCHS)}; got {arch!r}")
-    return arch
+    return choice(arch, "arch", ARCHS)
 
 
 def layer_table(arch: str) -> list[LayerRow]:
@@ -131,20 +127,13 @@ def dense_totals(arch: str) -> tuple[int, int]:
     return sum(r[1] for r in rows), sum(r[1] * r[2] for r in rows)
 
 
-def _check_fraction(value: Any, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not 0.0 <= float(value) <= 1.0:
-        raise InvalidInstanceError(f"`{field}` must be in [0, 1]; got {value!r}")
-    return float(value)
-
-
 def _check_dtype(dtype: Any) -> np.dtype:
     try:
         dt = np.dtype(dtype)
     except TypeError:
         dt = None
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise InvalidInstanceError(f"`dtype` must be float32 or float64; got {dtype!r}")
+        raise OptionError(f"`dtype` must be float32 or float64; got {dtype!r}")
     return dt
 
 
@@ -165,10 +154,9 @@ def _importances(sizes: np.ndarray, fan_ins: np.ndarray, seed: int, dtype: np.dt
 def _build(names, sizes, flops, fan_ins, nnz_fraction, flops_fraction, seed, dtype,
            metadata) -> PruningInstance:
     dt = _check_dtype(dtype)
-    nnz_fraction = _check_fraction(nnz_fraction, "nnz_fraction")
-    flops_fraction = _check_fraction(flops_fraction, "flops_fraction")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InvalidInstanceError(f"`seed` must be an integer >= 0; got {seed!r}")
+    nnz_fraction = fraction(nnz_fraction, "nnz_fraction", optional=False)
+    flops_fraction = fraction(flops_fraction, "flops_fraction", optional=False)
+    integer(seed, "seed", 0)
     sizes = np.asarray(sizes, dtype=np.int64)
     flops = np.asarray(flops, dtype=np.float64)
     p = int(sizes.sum())
@@ -204,13 +192,11 @@ def random_layered(n_weights: int, n_layers: int, seed: int = 0, nnz_fraction: f
     224x224 CNN) and the last layer is a classifier with cost 1. ``fan_in`` is 9 * a channel
     count of about sqrt(layer size / 9). Importances and budgets as in :func:`arch_instance`.
     """
-    for value, field in ((n_weights, "n_weights"), (n_layers, "n_layers")):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise InvalidInstanceError(f"`{field}` must be an integer >= 1; got {value!r}")
+    integer(n_weights, "n_weights", 1)
+    integer(n_layers, "n_layers", 1)
     if n_layers > n_weights:
-        raise InvalidInstanceError(f"`n_layers` must be <= n_weights ({n_weights}); got {n_layers}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InvalidInstanceError(f"`seed` must be an integer >= 0; got {seed!r}")
+        raise OptionError(f"`n_layers` must be <= n_weights ({n_weights}); got {n_layers}")
+    integer(seed, "seed", 0)
     rng = np.random.default_rng([int(seed), 1])
     share = rng.lognormal(0.0, 1.0, size=n_layers)
     sizes = 1 + np.floor(share / share.sum() * (n_weights - n_layers)).astype(np.int64)

@@ -8,7 +8,7 @@ import pytest
 
 from falcon_milp import PruningInstance, solve
 from falcon_milp.exceptions import CertificateError
-from falcon_milp.solvers.registry import REGISTRY, RawSolution, finish
+from falcon_milp.certificate import RawSolution, finish
 
 
 def _inst() -> PruningInstance:
@@ -24,27 +24,27 @@ def _mask(*idx: int) -> np.ndarray:
 
 def test_bound_below_the_objective_raises() -> None:
     with pytest.raises(CertificateError, match=r"returned bound 1\.0 below its mask's objective 9\.0"):
-        finish(_inst(), REGISTRY["fast"], RawSolution(_mask(0, 1), bound=1.0), 0.0, {"rel_gap": 0.0})
+        finish(_inst(), "fast", RawSolution(_mask(0, 1), bound=1.0), 0.0, {"rel_gap": 0.0})
 
 
 def test_gap_within_rel_gap_is_feasible_with_gap_limit_not_optimal() -> None:
-    r = finish(_inst(), REGISTRY["fast"], RawSolution(_mask(0, 1), bound=9.5, termination="heuristic"),
+    r = finish(_inst(), "fast", RawSolution(_mask(0, 1), bound=9.5, termination="heuristic"),
                0.0, {"rel_gap": 0.1})
     assert r.status == "feasible" and r.termination == "gap_limit"
     assert r.gap == pytest.approx(0.5 / 9.0)
-    r = finish(_inst(), REGISTRY["fast"], RawSolution(_mask(0, 1), bound=9.5, termination="heuristic"),
+    r = finish(_inst(), "fast", RawSolution(_mask(0, 1), bound=9.5, termination="heuristic"),
                0.0, {"rel_gap": 0.0})
     assert r.status == "feasible" and r.termination == "heuristic"
 
 
 def test_proven_optimum_is_optimal() -> None:
-    r = finish(_inst(), REGISTRY["fast"], RawSolution(_mask(0, 1), bound=9.0, termination="optimal"),
+    r = finish(_inst(), "fast", RawSolution(_mask(0, 1), bound=9.0, termination="optimal"),
                0.0, {"rel_gap": 0.0})
     assert r.status == "optimal" and r.gap == 0.0
 
 
 def test_infeasible_mask_has_no_gap() -> None:
-    r = finish(_inst(), REGISTRY["magnitude"], RawSolution(_mask(0, 1, 2, 3), bound=20.0), 0.0, {})
+    r = finish(_inst(), "magnitude", RawSolution(_mask(0, 1, 2, 3), bound=20.0), 0.0, {})
     assert r.status == "infeasible" and math.isinf(r.gap) and "max_flops" in str(r.extra["violation"]) or \
         r.status == "infeasible" and math.isinf(r.gap)
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from falcon_milp import InvalidInstanceError, PruningInstance, check_mask, solve, solver_names
+from falcon_milp import InvalidInstanceError, OptionError, PruningInstance, check_mask, solve, solver_names
 from falcon_milp.torch.backsolve import BlockPreconditioner, backsolve, block_ranges
 from falcon_milp.torch.dfo import Projector, dfo
 from falcon_milp.torch.quadratic import QuadraticModel, default_lam2, lipschitz_constant
@@ -82,7 +82,7 @@ def test_quadratic_model_errors():
         QuadraticModel(np.zeros(4), np.zeros(4))
     with pytest.raises(InvalidInstanceError, match=r"`w0` must have X.shape\[1\] = 4 entries; got 3"):
         QuadraticModel(X, np.zeros(3))
-    with pytest.raises(InvalidInstanceError, match=r"`lam2` must be a finite number >= 0; got -1"):
+    with pytest.raises(OptionError, match=r"`lam2` must be a finite number >= 0; got -1"):
         QuadraticModel(X, np.zeros(4), lam2=-1)
     with pytest.raises(InvalidInstanceError, match=r"`g` is required when `alpha` is nonzero"):
         QuadraticModel(X, np.zeros(4), alpha=1.0)
@@ -191,11 +191,11 @@ def test_projector_and_dfo_errors():
     with pytest.raises(InvalidInstanceError, match="projection solver 'magnitude' returned status 'infeasible'"):
         Projector([3], [2.0], 3, 2.0, solver="magnitude")(np.array([1.0, 2.0, 3.0]))
     m, sizes = problem(0)
-    with pytest.raises(InvalidInstanceError, match=r"`max_iter` must be an integer >= 1; got 0"):
+    with pytest.raises(OptionError, match=r"`max_iter` must be an integer >= 1; got 0"):
         dfo(m, proj, max_iter=0)
-    with pytest.raises(InvalidInstanceError, match=r"`step` must be one of 'linesearch', 'lipschitz', 'adaptive'; got 'big'"):
+    with pytest.raises(OptionError, match=r"`step` must be one of 'linesearch', 'lipschitz', 'adaptive'; got 'big'"):
         dfo(m, proj, step="big")
-    with pytest.raises(InvalidInstanceError, match=r"`patience` must be None or an integer >= 1; got 0"):
+    with pytest.raises(OptionError, match=r"`patience` must be None or an integer >= 1; got 0"):
         dfo(m, proj, patience=0)
 
 
@@ -244,7 +244,7 @@ def test_backsolve_never_increases_q_and_blocks_stay_in_groups():
     for (a, b), (c, _) in zip(blocks, blocks[1:] + [(m.p, None)]):
         assert b == c and 0 < b - a <= 9
         assert np.searchsorted(edges, a, side="right") == np.searchsorted(edges, b - 1, side="right")
-    with pytest.raises(InvalidInstanceError, match=r"`block_size` must be an integer >= 1; got 0"):
+    with pytest.raises(OptionError, match=r"`block_size` must be an integer >= 1; got 0"):
         block_ranges(sizes, m.p, 0)
     with pytest.raises(InvalidInstanceError, match=r"`mask` must have p = 100 entries; got 3"):
         backsolve(m, np.ones(3, dtype=bool))
@@ -261,13 +261,13 @@ def test_polynomial_schedule():
     np.testing.assert_allclose(lin, [1.0, 0.75, 0.5, 0.25, 0.0])
     assert stage_budgets(0.2, None, 3) == [(None, pytest.approx(0.7)), (None, pytest.approx(0.2 + 0.5 / 8)),
                                             (None, 0.2)]
-    with pytest.raises(InvalidInstanceError, match=r"`end` must be in \[0, 1\]; got 1.5"):
+    with pytest.raises(OptionError, match=r"`end` must be in \[0, 1\]; got 1.5"):
         polynomial_schedule(0.7, 1.5, 3)
-    with pytest.raises(InvalidInstanceError, match=r"`stages` must be an integer >= 1; got 0"):
+    with pytest.raises(OptionError, match=r"`stages` must be an integer >= 1; got 0"):
         polynomial_schedule(0.7, 0.1, 0)
-    with pytest.raises(InvalidInstanceError, match=r"`power` must be a finite number > 0; got 0"):
+    with pytest.raises(OptionError, match=r"`power` must be a finite number > 0; got 0"):
         polynomial_schedule(0.7, 0.1, 3, power=0)
-    with pytest.raises(InvalidInstanceError, match=r"`flops_fraction` must be in \[0, 1\]; got -0.1"):
+    with pytest.raises(OptionError, match=r"`flops_fraction` must be in \[0, 1\]; got -0.1"):
         stage_budgets(-0.1, None, 3)
 
 
@@ -276,7 +276,7 @@ def test_gradual_epochs():
     assert gradual_epochs(4, 4) == [0, 1, 2, 3]
     assert gradual_epochs(6, 1, first=2) == [2]
     assert gradual_epochs(10, 2, first=1, last=5) == [1, 5]
-    with pytest.raises(InvalidInstanceError, match=r"`n_prunes` must be at most last - first \+ 1 = 3; got 4"):
+    with pytest.raises(OptionError, match=r"`n_prunes` must be at most last - first \+ 1 = 3; got 4"):
         gradual_epochs(3, 4)
-    with pytest.raises(InvalidInstanceError, match=r"`first` <= `last` < `n_epochs` must hold; got 0, 5, 5"):
+    with pytest.raises(OptionError, match=r"`first` <= `last` < `n_epochs` must hold; got 0, 5, 5"):
         gradual_epochs(5, 2, last=5)

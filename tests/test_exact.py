@@ -188,15 +188,15 @@ def test_windowed_milp_fallback_agrees(seed, monkeypatch):
 def test_banded_sorting_gives_the_same_answers(band_fraction, monkeypatch):
     """Sorting only bands around the sample's thresholds (narrow bands force full sorts of
     some layers on demand) changes nothing in the results."""
-    import falcon_milp.solvers.fast as fast_mod
+    import falcon_milp.solvers.bands as bands_mod
     for seed in range(3):
         inst = random_layered(60_000, 9, seed=seed, nnz_fraction=0.1 + 0.2 * seed,
                               flops_fraction=0.3 - 0.1 * seed)
         full_e, full_f = solve(inst, solver="exact"), solve(inst, solver="fast", search_nodes=0)
         with monkeypatch.context() as m:
-            m.setattr(fast_mod, "SAMPLE_SIZE", 500)
-            m.setattr(fast_mod, "SMALL_LAYER", 16)
-            m.setattr(fast_mod, "BAND_FRACTION", band_fraction)
+            m.setattr(bands_mod, "SAMPLE_SIZE", 500)
+            m.setattr(bands_mod, "SMALL_LAYER", 16)
+            m.setattr(bands_mod, "BAND_FRACTION", band_fraction)
             e, f = solve(inst, solver="exact"), solve(inst, solver="fast", search_nodes=0)
         assert e.status == full_e.status == "optimal" and e.objective == full_e.objective
         assert f.extra["lp_value"] == pytest.approx(full_f.extra["lp_value"], rel=1e-12)

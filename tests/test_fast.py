@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from scipy.optimize import linprog
 
 from falcon_milp import PruningInstance, SolverOptionError, check_mask, solve
-from falcon_milp.solvers.fast import Problem
+from falcon_milp.solvers.lp import Problem
 from falcon_milp.synthetic import arch_instance, random_layered
 from tiny import brute_force, tiny_instances
 

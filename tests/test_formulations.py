@@ -215,14 +215,14 @@ def test_mask_from_a_model_solved_through_pyomo():
 # ----------------------------------------------------------------------------- errors
 def test_bad_kind_and_format(tmp_path):
     inst = TINY["nnz-binding"]
-    with pytest.raises(SolverOptionError, match="`kind` must be one of ilp, lp, compact; got 'milp'"):
+    with pytest.raises(SolverOptionError, match="`kind` must be one of 'ilp', 'lp', 'compact'; got 'milp'"):
         build_model(inst, "milp")
-    with pytest.raises(SolverOptionError, match="`kind` must be one of ilp, lp, compact; got 'qp'"):
+    with pytest.raises(SolverOptionError, match="`kind` must be one of 'ilp', 'lp', 'compact'; got 'qp'"):
         build_spec(inst, "qp")
     with pytest.raises(SolverOptionError, match="`instance` must be a PruningInstance; got dict"):
         build_model({}, "ilp")
     model = build_model(inst, "ilp")
-    with pytest.raises(SolverOptionError, match="`fmt` must be one of lp, mps; got 'gms'"):
+    with pytest.raises(SolverOptionError, match="`fmt` must be one of 'lp', 'mps'; got 'gms'"):
         write_model(model, tmp_path / "m.gms", "gms")
     with pytest.raises(SolverOptionError, match="`path` must be in an existing directory; '.*nope' does not exist"):
         write_model(model, tmp_path / "nope" / "m.lp", "lp")

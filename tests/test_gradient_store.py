@@ -157,7 +157,7 @@ def test_dual_solve_is_exact_even_with_a_tiny_ridge_and_blocks_batch_their_facto
             H = Xd[:, idx].T @ Xd[:, idx] + 2 * qm.lam2 * np.eye(idx.size)
             want[idx] = np.linalg.solve(H, v[idx])
     np.testing.assert_allclose(pre.apply(v), want, rtol=1e-8, atol=1e-10)
-    with pytest.raises(Exception, match=r"`precond` must be one of auto, blocks, dual; got 'lu'"):
+    with pytest.raises(Exception, match=r"`precond` must be one of 'auto', 'blocks', 'dual'; got 'lu'"):
         backsolve(qm, mask, precond="lu")
 
 
@@ -214,7 +214,7 @@ def test_falcon_pp_holds_one_x_and_streams_the_reported_objective():
     # the same Q0 computed from a stored X0 at the original weights
     fresh, _ = tiny(3, n=80)
     from falcon_milp.torch.flops import flat_weights
-    from falcon_milp.torch.prune import _XPlan, _gradients, _subsample, _targets
+    from falcon_milp.torch.fisher_rows import XPlan as _XPlan, gradient_matrix as _gradients, subsample as _subsample, targets as _targets
     layers = prunable_layers(fresh, calib[0][:1])
     data = _subsample(calib, 40, 3)
     plan = _XPlan("float32", False, None, torch.device("cpu"), "vmap", None)

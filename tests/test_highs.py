@@ -10,8 +10,9 @@ import pytest
 
 from falcon_milp import PruningInstance, SolverOptionError, check_mask, solve
 from falcon_milp.result import TERMINATIONS, relative_gap
-from falcon_milp.solvers.highs import (TERMINATION_OF_STATUS, lagrangian_bound, repair_mask, solve_compact,
+from falcon_milp.solvers.highs import (TERMINATION_OF_STATUS, lagrangian_bound, solve_compact,
                                        solve_ilp, solve_lp, termination_of)
+from falcon_milp.solvers.rounding import repair_mask
 from falcon_milp.synthetic import random_layered
 from tiny import brute_force, tiny_instances
 
@@ -198,7 +199,7 @@ def test_repair_drops_least_important_weights_on_violated_rows():
 
 def test_option_errors():
     inst = TINY["nnz-binding"]
-    with pytest.raises(SolverOptionError, match="`backend` must be one of auto, pyomo, highspy; got 'gurobi'"):
+    with pytest.raises(SolverOptionError, match="`backend` must be one of 'auto', 'pyomo', 'highspy'; got 'gurobi'"):
         solve(inst, solver="highs-ilp", backend="gurobi")
     with pytest.raises(SolverOptionError, match="unknown option `presolve` for highs-lp; known: backend"):
         solve(inst, solver="highs-lp", presolve="on")

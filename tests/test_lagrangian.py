@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from falcon_milp import PruningInstance, check_mask, solve
-from falcon_milp.solvers.fast import Problem
+from falcon_milp.solvers.lp import Problem
 from falcon_milp.solvers.lagrangian import GOLDEN
 from falcon_milp.synthetic import arch_instance, random_layered
 from tiny import brute_force, tiny_instances

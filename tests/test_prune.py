@@ -262,15 +262,15 @@ def test_falcon_report_holds_the_referee_grid_and_choice():
 
 def test_safeguard_returns_magnitude_when_falcon_validates_worse(monkeypatch):
     """A stage that returns garbage (all kept weights multiplied by -50) must be caught."""
-    import falcon_milp.torch.prune as prune_mod
-    real = prune_mod.run_stage
+    import falcon_milp.torch.prune_methods as methods_mod
+    real = methods_mod.run_stage
 
     def broken(X, w_cur, projector, sizes, cfg, referee, times, **kw):
         res = real(X, w_cur, projector, sizes, cfg, None, times, **kw)
         res.w = -50.0 * res.w
         return res
 
-    monkeypatch.setattr(prune_mod, "run_stage", broken)
+    monkeypatch.setattr(methods_mod, "run_stage", broken)
     model, calib = tiny(3, n=80)
     w0 = flat_weights(prunable_layers(model, calib[0][:1])).clone()
     rep = prune_model(model, calib, flops_fraction=0.3, method="falcon", n_grads=40)
@@ -316,7 +316,7 @@ def test_falcon_plus_plus_reports_stages_with_times_and_paper_schedule():
 
 
 def test_sampled_fisher_and_summed_rows():
-    from falcon_milp.torch.prune import _XPlan, _gradients, _targets
+    from falcon_milp.torch.fisher_rows import XPlan as _XPlan, gradient_matrix as _gradients, targets as _targets
     model, (x, y) = tiny(5, n=40)
     layers = prunable_layers(model, x[:1])
     plan = _XPlan("float32", False, None, torch.device("cpu"), "auto", None)
@@ -350,17 +350,17 @@ def test_new_option_errors():
 
 
 def test_model_is_restored_when_pruning_fails_midway(monkeypatch):
-    import falcon_milp.torch.prune as prune_mod
+    import falcon_milp.torch.prune_methods as methods_mod
 
     model, calib = tiny(6, n=80)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    real = prune_mod.run_stage
+    real = methods_mod.run_stage
 
     def half(X, w_cur, projector, sizes, cfg, referee, times, **kw):
         real(X, w_cur, projector, sizes, cfg, referee, times, **kw)    # writes candidates
         raise RuntimeError("solver crashed")
 
-    monkeypatch.setattr(prune_mod, "run_stage", half)
+    monkeypatch.setattr(methods_mod, "run_stage", half)
     with pytest.raises(RuntimeError, match="solver crashed"):
         prune_model(model, calib, flops_fraction=0.3, method="falcon", n_grads=40)
     after = model.state_dict()

@@ -77,7 +77,7 @@ def test_output_path_checked_before_any_work(argv, field, why, block, capsys, mo
     (["solve", TINY_FILE, "--mask-out", "/proc/m.npy"], "--mask-out"),
 ])
 def test_unwritable_directory(argv, field, capsys, monkeypatch):
-    import falcon_milp.bench.command as bench_command
+    import falcon_milp.bench.bench_command as bench_command
     import falcon_milp.io as io
     monkeypatch.setattr(bench_command, "resolve_suite", _no_work)
     monkeypatch.setattr(io, "load_instance", _no_work)

@@ -100,7 +100,7 @@ def test_problem_errors_name_the_field(kwargs, message):
 
 def test_solver_option_errors():
     p = _random_problem(np.random.default_rng(0))
-    with pytest.raises(SolverOptionError, match="`solver` must be one of highs, greedy"):
+    with pytest.raises(SolverOptionError, match="`solver` must be one of 'highs', 'greedy'"):
         solve_channels(p, solver="cplex")
     with pytest.raises(SolverOptionError, match="`time_limit`"):
         solve_channels(p, time_limit=0)

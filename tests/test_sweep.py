@@ -26,7 +26,7 @@ def _write(tmp_path: Path, text: str, name: str = "s.toml") -> Path:
 
 
 def test_no_torch_or_dask_at_import():
-    code = ("import sys, falcon_milp, falcon_milp.cli, falcon_milp.executors, falcon_milp.bench.command, "
+    code = ("import sys, falcon_milp, falcon_milp.cli, falcon_milp.executors, falcon_milp.bench.bench_command, "
             "falcon_milp.torch.sweep, falcon_milp.torch.sweep_command; falcon_milp.cli.build_parser(); "
             "bad = [m for m in ('torch', 'dask', 'distributed') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

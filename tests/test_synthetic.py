@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from falcon_milp import InvalidInstanceError
+from falcon_milp import OptionError
 from falcon_milp.synthetic import ARCHS, arch_instance, dense_totals, layer_table, random_layered
 
 # (prunable weights, tensors, dense MACs, distinct FLOP costs) from falcon-method.md
@@ -84,7 +84,7 @@ def test_random_layered_shape(n, L):
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda: layer_table("vgg16"), r"`arch` must be one of resnet20, mobilenetv1, resnet50; got 'vgg16'"),
+    (lambda: layer_table("vgg16"), r"`arch` must be one of 'resnet20', 'mobilenetv1', 'resnet50'; got 'vgg16'"),
     (lambda: arch_instance("resnet20", 1.5, 0.1), r"`nnz_fraction` must be in \[0, 1\]; got 1.5"),
     (lambda: arch_instance("resnet20", 0.1, -0.1), r"`flops_fraction` must be in \[0, 1\]; got -0.1"),
     (lambda: arch_instance("resnet20", 0.1, "a"), r"`flops_fraction` must be in \[0, 1\]; got 'a'"),
@@ -96,5 +96,5 @@ def test_random_layered_shape(n, L):
     (lambda: random_layered(5, 2, seed=1.5), r"`seed` must be an integer >= 0; got 1.5"),
 ])
 def test_bad_input_messages(call, match):
-    with pytest.raises(InvalidInstanceError, match=match):
+    with pytest.raises(OptionError, match=match):
         call()

@@ -19,7 +19,7 @@ def run_cli(argv):
 
 
 def test_commands_module_does_not_import_torch():
-    code = ("import sys, falcon_milp.cli, falcon_milp.torch.commands as c; "
+    code = ("import sys, falcon_milp.cli, falcon_milp.torch.export_command as c; "
             "p = falcon_milp.cli.build_parser(); assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -109,5 +109,5 @@ def test_errors_one_line_exit_2(argv, message, tmp_path, capsys):
 
 def test_cli_arch_choices_match_registry():
     from falcon_milp.torch.architectures import ARCHITECTURES
-    from falcon_milp.torch.commands import _ARCHS
+    from falcon_milp.torch.model_options import ARCHS as _ARCHS
     assert list(_ARCHS) == list(ARCHITECTURES)

@@ -1,6 +1,6 @@
 """Benchmark harness: instance suites, runs with checks, JSONL records, Markdown report, plots.
 
-Entry point: ``falcon-milp bench`` (:mod:`falcon_milp.bench.command`). Library use::
+Entry point: ``falcon-milp bench`` (:mod:`falcon_milp.bench.bench_command`). Library use::
 
     from falcon_milp.bench import resolve_suite, make_tasks, run_tasks
     suite = resolve_suite(["quick"])

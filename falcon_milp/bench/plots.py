@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from .report import Row, _families, _solvers_in
+from .report import Row, family_names, solvers_in
 
 GAP_FLOOR = 1e-12
 """Gaps below this (0 included) are drawn at this height on the log axis."""
@@ -41,7 +41,7 @@ def plot_gap_by_family(rows: Sequence[Row], path: str | Path) -> Path | None:
     if not rows:
         return None
     plt = _plt()
-    families, solvers = _families(rows), _solvers_in(rows)
+    families, solvers = family_names(rows), solvers_in(rows)
     width = 0.8 / max(1, len(solvers))
     fig, ax = plt.subplots(figsize=(min(14.0, max(7.0, 0.16 * len(families) * max(1, len(solvers)) + 3.0)), 5.2))
     cmap = plt.get_cmap("tab10")
@@ -79,7 +79,7 @@ def plot_time_vs_size(rows: Sequence[Row], path: str | Path) -> Path | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.5, 4.8))
     cmap = plt.get_cmap("tab10")
-    for j, s in enumerate(_solvers_in(rows)):
+    for j, s in enumerate(solvers_in(rows)):
         pts = sorted((r.n_weights, max(r.runtime_s, 1e-5), r.termination == "time_limit")
                      for r in rows if r.solver == s)
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
@@ -106,7 +106,7 @@ def plot_own_gap_vs_size(rows: Sequence[Row], path: str | Path) -> Path | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.5, 4.8))
     cmap = plt.get_cmap("tab10")
-    for j, s in enumerate(_solvers_in(rows)):
+    for j, s in enumerate(solvers_in(rows)):
         pts = sorted((r.n_weights, min(max(r.gap, GAP_FLOOR), OWN_GAP_CEIL)) for r in rows if r.solver == s)
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=_MARKERS[j % len(_MARKERS)],
                    s=16, color=cmap(j % 10), label=s, alpha=0.8, linewidths=0)

@@ -260,7 +260,8 @@ def solver_summaries(rows: Sequence[Row], solvers: Sequence[str]) -> list[Solver
     return out
 
 
-def _solvers_in(rows: Sequence[Row]) -> list[str]:
+def solvers_in(rows: Sequence[Row]) -> list[str]:
+    """Solver names of ``rows`` in the order of their first task."""
     seen: dict[str, int] = {}
     for r in rows:
         seen.setdefault(r.solver, r.key[1])
@@ -274,7 +275,8 @@ def _instances_in(rows: Sequence[Row]) -> list[str]:
     return sorted(seen, key=seen.get)
 
 
-def _families(rows: Sequence[Row]) -> list[str]:
+def family_names(rows: Sequence[Row]) -> list[str]:
+    """Instance families of ``rows`` in the order of their first task."""
     seen: dict[str, int] = {}
     for r in rows:
         seen.setdefault(r.family, r.key[0])
@@ -286,8 +288,8 @@ def markdown_report(records: Sequence[dict[str, Any]], meta: dict[str, Any],
     """The full Markdown report. ``meta``: run settings (suite, solvers, time limit, jobs,
     machine, command, wall time, interrupted ...); ``plots``: (file name, caption) pairs."""
     rows, bests = build_rows(records)
-    solvers = list(meta.get("solvers") or _solvers_in(rows))
-    solvers = [s for s in solvers if any(r.solver == s for r in rows)] or _solvers_in(rows)
+    solvers = list(meta.get("solvers") or solvers_in(rows))
+    solvers = [s for s in solvers if any(r.solver == s for r in rows)] or solvers_in(rows)
     instances = _instances_in(rows)
     by_cell = {(r.instance, r.solver): r for r in rows}
     parts: list[str] = []
@@ -352,7 +354,7 @@ def markdown_report(records: Sequence[dict[str, Any]], meta: dict[str, Any],
     parts.append("`optimal` = the solver's own bound proves its mask optimal (gap <= 1e-9 or the "
                  "requested relative gap); `feasible` = a feasible mask without such a proof.\n")
 
-    families = _families(rows)
+    families = family_names(rows)
     parts.append("## Largest gap to best known, per instance family\n")
     lines = []
     for fam in families:

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..exceptions import SolverOptionError
 from ..instance import PruningInstance
+from ..validation import choice
 from .compact import build_compact_model, compact_spec, counts_to_mask, layer_breakpoints
 from .multiple_choice import build_multiple_choice_model, multiple_choice_spec
 from .per_weight import build_per_weight_model, per_weight_spec
@@ -40,8 +41,7 @@ __all__ = ["FORMATS", "KINDS", "LinearSpec", "build_compact_model", "build_model
 def _check(instance: Any, kind: Any) -> None:
     if not isinstance(instance, PruningInstance):
         raise SolverOptionError(f"`instance` must be a PruningInstance; got {type(instance).__name__}")
-    if kind not in KINDS:
-        raise SolverOptionError(f"`kind` must be one of {', '.join(KINDS)}; got {kind!r}")
+    choice(kind, "kind", KINDS, SolverOptionError)
 
 
 def build_spec(instance: PruningInstance, kind: str, exact: bool = False, objective_scale: float = 1.0,
@@ -81,8 +81,7 @@ def write_model(model: Any, path: str | os.PathLike, fmt: str = "lp") -> Path:
     from pyomo.core.base.block import BlockData
     from pyomo.opt import ProblemFormat
 
-    if fmt not in FORMATS:
-        raise SolverOptionError(f"`fmt` must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    choice(fmt, "fmt", FORMATS, SolverOptionError)
     if not isinstance(model, BlockData):
         raise SolverOptionError(f"`model` must be a Pyomo model; got {type(model).__name__}")
     path = Path(path)

@@ -26,6 +26,7 @@ from fractions import Fraction
 import numpy as np
 
 from ..instance import PruningInstance
+from ..lattice import lattice_row
 
 EXACT_LIMIT = 2 ** 50
 """Largest integer activity a row may reach and still be evaluated exactly (with margin) in doubles."""
@@ -50,12 +51,6 @@ class ResourceRow:
     rhs_int: int
 
 
-def _two_exponent(x: float) -> int:
-    """E >= 0 such that x * 2^E is an integer (x a finite float >= 0)."""
-    den = Fraction(x).denominator
-    return den.bit_length() - 1
-
-
 def resource_rows(instance: PruningInstance) -> list[ResourceRow]:
     """The budget rows that can bind, each scaled to integer coefficients (see module docstring)."""
     rows = []
@@ -68,10 +63,9 @@ def resource_rows(instance: PruningInstance) -> list[ResourceRow]:
         dense = sum((Fraction(c) * n for c, n in zip(costs, sizes)), Fraction(0))
         if dense <= Fraction(budget):
             continue  # never binds
-        e = max((_two_exponent(c) for c, n in zip(costs, sizes) if c > 0 and n > 0), default=0)
-        scale = 2 ** e
-        coef_int = tuple(int(Fraction(c) * scale) for c in costs)
-        rhs_int = math.floor(Fraction(budget) * scale)
+        lat = lattice_row(costs, budget)          # the lattice row (falcon_milp.lattice)
+        scale, coef_int, rhs_int = lat.scale, lat.coef, lat.cap
+        assert rhs_int is not None
         total = sum(ci * n for ci, n in zip(coef_int, sizes))
         exact = total <= EXACT_LIMIT
         if exact:

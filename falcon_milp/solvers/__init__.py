@@ -1,6 +1,6 @@
 """Solvers: a registry of named solvers behind one :func:`solve` function."""
-from .registry import (OPTIMALITY_TOL, REGISTRY, RawSolution, SolverSpec, get_solver,
-                       register_solver, solve, solver_names)
+from ..certificate import OPTIMALITY_TOL, RawSolution
+from .registry import REGISTRY, SolverSpec, get_solver, register_solver, solve, solver_names
 
 __all__ = ["OPTIMALITY_TOL", "REGISTRY", "RawSolution", "SolverSpec", "get_solver", "register_solver",
            "solve", "solver_names"]

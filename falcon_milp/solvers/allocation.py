@@ -21,6 +21,7 @@ import numpy as np
 from ..allocation import AllocationProblem, AllocationResult, check_choice
 from ..exceptions import CertificateError, SolverOptionError, SolverUnavailableError
 from ..formulations.multiple_choice import choice_from_values, multiple_choice_spec
+from ..validation import choice, fraction, integer, real
 from .highs import solve_spec
 
 __all__ = ["ALLOCATION_SOLVERS", "solve_allocation"]
@@ -173,15 +174,10 @@ def solve_allocation(problem: AllocationProblem, *, solver: str = "highs", time_
     """
     if not isinstance(problem, AllocationProblem):
         raise SolverOptionError(f"`problem` must be an AllocationProblem; got {type(problem).__name__}")
-    if solver not in ALLOCATION_SOLVERS:
-        raise SolverOptionError(f"`solver` must be one of {', '.join(ALLOCATION_SOLVERS)}; got {solver!r}")
-    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
-                                   or not time_limit > 0):
-        raise SolverOptionError(f"`time_limit` must be a number of seconds > 0; got {time_limit!r}")
-    if isinstance(rel_gap, bool) or not isinstance(rel_gap, (int, float)) or not 0 <= rel_gap < 1:
-        raise SolverOptionError(f"`rel_gap` must be a number in [0, 1); got {rel_gap!r}")
-    if isinstance(max_states, bool) or not isinstance(max_states, int) or max_states < 1:
-        raise SolverOptionError(f"`max_states` must be an integer >= 1; got {max_states!r}")
+    choice(solver, "solver", ALLOCATION_SOLVERS, SolverOptionError)
+    real(time_limit, "time_limit", strict=True, unit="seconds", error=SolverOptionError, optional=True)
+    fraction(rel_gap, "rel_gap", SolverOptionError, optional=False, below_one=True)
+    integer(max_states, "max_states", 1, SolverOptionError)
     start = time.perf_counter()
     short = _min_use_infeasible(problem)
     if short is not None:   # other infeasible cases: HiGHS / the DP prove them

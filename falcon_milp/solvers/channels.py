@@ -24,6 +24,7 @@ import numpy as np
 from ..channels import ChannelProblem, check_counts
 from ..exceptions import CertificateError, SolverOptionError
 from ..formulations.channels import LINEARIZATIONS, channel_spec, counts_from_values
+from ..validation import choice, fraction, real
 from .highs import solve_spec
 
 __all__ = ["CHANNEL_SOLVERS", "ChannelResult", "solve_channels"]
@@ -133,15 +134,10 @@ def solve_channels(problem: ChannelProblem, *, solver: str = "highs", time_limit
     (``linearization``: the MILP's form, ``choice`` or ``binary``; both exact)."""
     if not isinstance(problem, ChannelProblem):
         raise SolverOptionError(f"`problem` must be a ChannelProblem; got {type(problem).__name__}")
-    if solver not in CHANNEL_SOLVERS:
-        raise SolverOptionError(f"`solver` must be one of {', '.join(CHANNEL_SOLVERS)}; got {solver!r}")
-    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
-                                   or not time_limit > 0):
-        raise SolverOptionError(f"`time_limit` must be a number of seconds > 0; got {time_limit!r}")
-    if isinstance(rel_gap, bool) or not isinstance(rel_gap, (int, float)) or not 0 <= rel_gap < 1:
-        raise SolverOptionError(f"`rel_gap` must be a number in [0, 1); got {rel_gap!r}")
-    if linearization not in LINEARIZATIONS:
-        raise SolverOptionError(f"`linearization` must be one of {', '.join(LINEARIZATIONS)}; got {linearization!r}")
+    choice(solver, "solver", CHANNEL_SOLVERS, SolverOptionError)
+    real(time_limit, "time_limit", strict=True, unit="seconds", error=SolverOptionError, optional=True)
+    fraction(rel_gap, "rel_gap", SolverOptionError, optional=False, below_one=True)
+    choice(linearization, "linearization", LINEARIZATIONS, SolverOptionError)
     start = time.perf_counter()
     smallest = np.array([problem.options(g)[0] for g in range(problem.n_groups)], dtype=np.int64)
     low = check_counts(problem, smallest)

@@ -12,8 +12,8 @@ import math
 import numpy as np
 
 from ..instance import PruningInstance
-from ..result import check_mask
-from .registry import RawSolution
+from ..certificate import RawSolution
+from .rounding import repair_mask
 
 
 def top_k_mask(importance: np.ndarray, k: int) -> np.ndarray:
@@ -120,16 +120,6 @@ def solve_ratio_greedy(instance: PruningInstance, *, time_limit=None, rel_gap=0.
     mask = np.zeros(instance.n_weights, dtype=bool)
     if keep:
         mask[order[np.concatenate(keep)]] = True
-    mask = _repair(instance, mask, order)
+    mask = repair_mask(instance, mask, order[::-1])[0]     # float rounding guard: lowest ranked first
     bound = min([top_s_bound(instance)] + [knapsack_bound(instance, r) for r in range(1, instance.n_resources)])
     return RawSolution(mask, bound, "heuristic")
-
-
-def _repair(instance: PruningInstance, mask: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Drop the lowest-ranked kept weights until the exact check passes (float rounding guard)."""
-    kept = order[mask[order]]
-    i = kept.size
-    while i > 0 and not check_mask(instance, mask).feasible:
-        i -= 1
-        mask[kept[i]] = False
-    return mask

@@ -1,5 +1,8 @@
 """HiGHS solvers: ``highs-ilp`` (per-weight ILP), ``highs-lp`` (its LP relaxation), ``highs-compact``.
 
+(Over 400 lines: about a third is this docstring, the measured reasons behind the backends and
+the hard time limits; the process isolation is in :mod:`.isolated`.)
+
 The models come from :mod:`falcon_milp.formulations` as one solver-neutral array description
 (:class:`~falcon_milp.formulations.spec.LinearSpec`). Two backends solve the same numbers:
 
@@ -72,13 +75,15 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..certificate import RawSolution
 from ..exceptions import SolverOptionError, SolverUnavailableError
 from ..formulations import build_spec, counts_to_mask
 from ..formulations.spec import LinearSpec, to_pyomo
 from ..instance import PruningInstance
 from ..result import check_mask
+from ..validation import choice
 from .isolated import IsolatedRun, can_isolate, run_isolated
-from .registry import RawSolution
+from .rounding import repair_mask
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +149,7 @@ _BANNER_LOCK = threading.Lock()
 _BANNER_DONE = False
 
 
-def _new_highs():
+def new_highs():
     """A fresh ``highspy.Highs`` with output off. HiGHS prints a banner to the C stdout when the
     first instance of a process is made; that one is made with fd 1 pointed at /dev/null."""
     global _BANNER_DONE
@@ -222,7 +227,7 @@ def _run_highspy(spec: LinearSpec, opts: dict[str, Any], model_s: float,
     t0 = time.perf_counter()
     a = spec.arrays()
     ta = time.perf_counter()
-    h = _new_highs()
+    h = new_highs()
     for key, value in opts.items():
         h.setOptionValue(key, value)
     mip = _is_mip(spec)
@@ -402,23 +407,10 @@ def solve_spec(spec: LinearSpec, *, time_limit: float | None = None, rel_gap: fl
 
 
 # ----------------------------------------------------------------------------- masks
-def repair_mask(instance: PruningInstance, mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Drop the least important kept weight that costs something on a violated row, until the
-    exact check passes. Returns (new mask, number dropped); the input is not modified."""
-    chk = check_mask(instance, mask)
-    if chk.feasible:
-        return mask, 0
-    mask = mask.copy()
-    group = instance.group_of_weight()
-    imp = instance.importance
-    dropped = 0
-    while not chk.feasible:
-        violated = [r for r, (u, b) in enumerate(zip(chk.usage, chk.budgets)) if u > b]
-        useful = np.any(instance.costs[:, violated] > 0, axis=1)
-        cand = np.flatnonzero(mask & useful[group])
-        mask[cand[int(np.argmin(imp[cand]))]] = False
-        dropped += 1
-        chk = check_mask(instance, mask)
+def _repaired(instance: PruningInstance, mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """The mask passed through :func:`.rounding.repair_mask` (least important weight on a
+    violated row first); the number of weights dropped is logged."""
+    mask, dropped = repair_mask(instance, mask)
     if dropped:
         log.info("repaired a HiGHS mask: dropped %d weight(s) to pass the exact budget check", dropped)
     return mask, dropped
@@ -442,9 +434,7 @@ def _check_options(options: dict[str, Any], solver: str) -> str:
     backend = options.pop("backend", "auto")
     if options:
         raise SolverOptionError(f"unknown option `{sorted(options)[0]}` for {solver}; known: backend")
-    if backend not in BACKENDS:
-        raise SolverOptionError(f"`backend` must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    return backend
+    return choice(backend, "backend", BACKENDS, SolverOptionError)
 
 
 def _remaining(time_limit: float | None, start: float) -> float | None:
@@ -493,7 +483,7 @@ def _solve_mip(instance: PruningInstance, kind: str, time_limit: float | None, r
                 mask, extra["max_integrality_violation"] = _mip_mask(instance, exact_spec, run2.values)
                 termination = run2.termination
                 bound = min(bound, run2.bound)
-        mask, extra["repaired"] = repair_mask(instance, mask)
+        mask, extra["repaired"] = _repaired(instance, mask)
     if termination == "optimal" and rel_gap > 0:
         termination = "gap_limit"
     scale = spec.notes["objective_scale"]
@@ -547,7 +537,7 @@ def solve_lp(instance: PruningInstance, *, time_limit: float | None = None, rel_
     if run.values is not None and run.termination != "error":
         z = run.values[spec.column_block("z").cols]
         extra["n_fractional"] = int(np.count_nonzero((z > LP_INTEGRAL_TOL) & (z < 1 - LP_INTEGRAL_TOL)))
-        mask, extra["repaired"] = repair_mask(instance, z >= 1 - LP_INTEGRAL_TOL)
+        mask, extra["repaired"] = _repaired(instance, z >= 1 - LP_INTEGRAL_TOL)
         if run.termination != "optimal" and not mask.any():
             mask = None    # a stopped interior point keeps nothing: no solution, not an empty "feasible" mask
     return RawSolution(mask, bound, run.termination, extra)

@@ -35,9 +35,10 @@ import time
 import numpy as np
 
 from ..instance import PruningInstance
-from .fast import Problem
-from .registry import RawSolution
-from ._sorted import ExactRows, SortedLayers
+from ..certificate import RawSolution
+from .lp import Problem
+from .rounding import repair_mask
+from .sorted_layers import ExactRows, SortedLayers
 
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
@@ -129,15 +130,6 @@ def _prefix_rounding(instance: PruningInstance, rows: ExactRows, lam: float, S: 
             del csum
     thres = max(float(reduced[order[n]]), 0.0) if n < p else 0.0
     mask = reduced > thres
-    # exact check; float rounding in the cumulative sums must never break a budget
-    counts = np.bincount(group[mask], minlength=instance.n_groups)
-    if not (rows.fits(counts) and int(counts.sum()) <= S):
-        kept = order[:n][mask[order[:n]]]
-        i = kept.size
-        while i > 0:
-            i -= 1
-            mask[kept[i]] = False
-            counts[group[kept[i]]] -= 1
-            if rows.fits(counts) and int(counts.sum()) <= S:
-                break
-    return mask
+    # exact check; float rounding in the cumulative sums must never break a budget: drop the
+    # last weights of the prefix
+    return repair_mask(instance, mask, order[:n][::-1], rows)[0]

@@ -2,46 +2,23 @@
 
 Each solver is a function ``f(instance, *, time_limit, rel_gap, threads, **options) ->
 RawSolution`` living in its own module, imported only when used (so importing falcon_milp
-pulls in neither pyomo nor highspy). ``solve`` validates the options, times the call,
-re-checks the mask exactly (:func:`falcon_milp.result.check_mask`), recomputes the objective
-from the mask and derives gap and status from the certificate alone:
-
-    status = optimal   if the mask is feasible and gap <= OPTIMALITY_TOL (proven)
-             feasible  if the mask is feasible (termination "gap_limit" when gap <= rel_gap)
-             infeasible if it breaks a budget (only FLOP-unaware baselines; gap = inf)
-
-A bound below the mask's own objective raises :class:`CertificateError` (never returned).
+pulls in neither pyomo nor highspy). ``solve`` validates the options, times the call
+and hands the raw answer to :func:`falcon_milp.certificate.finish` (exact mask check, objective,
+gap and status from the certificate alone).
 """
 from __future__ import annotations
 
 import importlib
 import inspect
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
-
-from ..exceptions import (CertificateError, SolverOptionError, SolverRegistrationError, SolverUnavailableError,
-                          UnknownSolverError)
+from ..certificate import RawSolution, finish
+from ..exceptions import SolverOptionError, SolverRegistrationError, SolverUnavailableError, UnknownSolverError
 from ..instance import PruningInstance
-from ..result import SolveResult, check_mask, mask_objective, relative_gap
-
-OPTIMALITY_TOL = 1e-9
-"""A result whose certified relative gap is at most this is reported ``optimal``."""
-CERTIFICATE_TOL = 1e-9
-"""A bound below the mask's objective by more than this (relative) is an internal error."""
-
-
-@dataclass
-class RawSolution:
-    """What a solver function hands back to :func:`solve`."""
-
-    mask: np.ndarray | None
-    bound: float = math.inf
-    termination: str = "heuristic"
-    extra: dict[str, Any] = field(default_factory=dict)
+from ..result import SolveResult
+from ..validation import integer, real
 
 
 @dataclass(frozen=True)
@@ -196,14 +173,11 @@ def _check_extra_options(spec: SolverSpec, func: Callable[..., Any], options: di
 
 
 def _check_options(time_limit: Any, rel_gap: Any, threads: Any) -> None:
-    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
-                                   or not time_limit > 0 or not math.isfinite(time_limit)):
-        raise SolverOptionError(f"`time_limit` must be a finite number of seconds > 0; got {time_limit!r}")
-    if rel_gap is not None and (isinstance(rel_gap, bool) or not isinstance(rel_gap, (int, float))
-                                or not 0 <= rel_gap < math.inf):
-        raise SolverOptionError(f"`rel_gap` must be a finite number >= 0; got {rel_gap!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise SolverOptionError(f"`threads` must be an integer >= 1; got {threads!r}")
+    """The options every solver takes (None = the default)."""
+    real(time_limit, "time_limit", strict=True, unit="seconds", error=SolverOptionError, optional=True)
+    real(rel_gap, "rel_gap", error=SolverOptionError, optional=True)
+    if threads is not None:
+        integer(threads, "threads", 1, error=SolverOptionError)
 
 
 def solve(instance: PruningInstance, solver: str = "fast", time_limit: float | None = None,
@@ -228,37 +202,4 @@ def solve(instance: PruningInstance, solver: str = "fast", time_limit: float | N
     raw = func(instance, time_limit=time_limit, rel_gap=gap_target, threads=threads, **options)
     runtime = time.perf_counter() - start
     used = {"time_limit": time_limit, "rel_gap": gap_target, "threads": threads, **options}
-    return finish(instance, spec, raw, runtime, used)
-
-
-def finish(instance: PruningInstance, spec: SolverSpec, raw: RawSolution, runtime: float,
-           options: dict[str, Any]) -> SolveResult:
-    """Turn a solver's raw output into a checked result (exact budget check, objective, gap)."""
-    extra = dict(raw.extra)
-    if raw.mask is None:
-        return SolveResult(np.zeros(instance.n_weights, dtype=bool), -math.inf, float(raw.bound),
-                           math.inf, "no_solution", raw.termination, runtime, spec.name, {},
-                           options, extra)
-    mask = np.asarray(raw.mask, dtype=bool)
-    check = check_mask(instance, mask)
-    objective = mask_objective(instance, mask)
-    usage = {n: float(u) for n, u in zip(instance.resource_names, check.usage)}
-    bound = float(raw.bound)
-    termination = raw.termination
-    if not check.feasible:       # a budget-breaking mask (FLOP-unaware baselines): no gap to speak of
-        status, gap = "infeasible", math.inf
-        extra["violation"] = check.violations(instance.resource_names)
-    else:
-        if bound < objective - CERTIFICATE_TOL * max(1.0, abs(objective)):
-            raise CertificateError(
-                f"solver '{spec.name}' returned bound {bound!r} below its mask's objective "
-                f"{objective!r}: an internal error (please report it)")
-        gap = relative_gap(objective, bound)
-        if gap <= OPTIMALITY_TOL:
-            status = "optimal"
-        else:
-            status = "feasible"
-            if gap <= (options.get("rel_gap") or 0.0) and termination in ("optimal", "heuristic"):
-                termination = "gap_limit"   # proven within the requested gap, not optimal
-    return SolveResult(mask, objective, bound, gap, status, termination, runtime, spec.name,
-                       usage, options, extra)
+    return finish(instance, spec.name, raw, runtime, used)

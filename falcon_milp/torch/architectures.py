@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..arch_tables import (BOTTLENECK_EXPANSION, MOBILENET_CFG, MOBILENET_STEM, RESNET20_BLOCKS, RESNET20_STAGES,
+                           RESNET20_STEM, RESNET50_STAGES, RESNET50_STEM)
 from . import CheckpointMismatchError, DataFileError, ModelError
 
 __all__ = ["ARCHITECTURES", "ArchSpec", "MNISTBNCNN", "MNISTCNN", "MNISTMLP", "MobileNetV1", "ResNet20",
@@ -64,19 +66,19 @@ class _BasicBlockA(nn.Module):
 class ResNet20(nn.Module):
     """ResNet20 for 32x32 inputs: 3 stages of 3 basic blocks (16, 32, 64 channels)."""
 
-    def __init__(self, num_classes: int = 10, blocks: int = 3) -> None:
+    def __init__(self, num_classes: int = 10, blocks: int = RESNET20_BLOCKS) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        layers, in_planes = [], 16
-        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+        self.conv1 = nn.Conv2d(3, RESNET20_STEM, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(RESNET20_STEM)
+        layers, in_planes = [], RESNET20_STEM
+        for planes, stride in RESNET20_STAGES:
             stage = []
             for b in range(blocks):
                 stage.append(_BasicBlockA(in_planes, planes, stride if b == 0 else 1))
                 in_planes = planes
             layers.append(nn.Sequential(*stage))
         self.layer1, self.layer2, self.layer3 = layers
-        self.fc = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(in_planes, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
@@ -99,23 +101,19 @@ class _DepthwiseSeparable(nn.Module):
         return F.relu(self.bn2(self.pw(x)))
 
 
-_MOBILENET_CFG = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),
-                  (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
-
-
 class MobileNetV1(nn.Module):
     """MobileNetV1 (width 1.0): a 3x3 stride-2 conv, 13 depthwise-separable blocks, a classifier."""
 
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(32)
-        blocks, in_ch = [], 32
-        for out_ch, stride in _MOBILENET_CFG:
+        self.conv1 = nn.Conv2d(3, MOBILENET_STEM, 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(MOBILENET_STEM)
+        blocks, in_ch = [], MOBILENET_STEM
+        for out_ch, stride in MOBILENET_CFG:
             blocks.append(_DepthwiseSeparable(in_ch, out_ch, stride))
             in_ch = out_ch
         self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(1024, num_classes)
+        self.fc = nn.Linear(in_ch, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(F.relu(self.bn1(self.conv1(x))))
@@ -124,7 +122,7 @@ class MobileNetV1(nn.Module):
 
 # ----------------------------------------------------------------------------- ResNet50
 class _Bottleneck(nn.Module):
-    expansion = 4
+    expansion = BOTTLENECK_EXPANSION
 
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
@@ -153,18 +151,18 @@ class ResNet50(nn.Module):
 
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1 = nn.Conv2d(3, RESNET50_STEM, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(RESNET50_STEM)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        in_planes, stages = 64, []
-        for planes, n, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        in_planes, stages = RESNET50_STEM, []
+        for planes, n, stride in RESNET50_STAGES:
             blocks = []
             for b in range(n):
                 blocks.append(_Bottleneck(in_planes, planes, stride if b == 0 else 1))
                 in_planes = planes * _Bottleneck.expansion
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.fc = nn.Linear(2048, num_classes)
+        self.fc = nn.Linear(in_planes, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))

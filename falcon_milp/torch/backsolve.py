@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..exceptions import InvalidInstanceError
+from ..validation import choice, integer
 from .quadratic import QuadraticModel
 
 
@@ -60,8 +61,7 @@ def block_ranges(group_sizes: Sequence[int] | None, p: int, block_size: int) -> 
 
     Each group of n_l weights is cut into ceil(n_l / block_size) blocks of nearly equal size.
     """
-    if not isinstance(block_size, (int, np.integer)) or isinstance(block_size, bool) or block_size < 1:
-        raise InvalidInstanceError(f"`block_size` must be an integer >= 1; got {block_size!r}")
+    integer(block_size, "block_size", 1)
     sizes = [p] if group_sizes is None else [int(s) for s in group_sizes]
     if sum(sizes) != p:
         raise InvalidInstanceError(f"`group_sizes` must sum to p = {p}; got {sum(sizes)}")
@@ -308,10 +308,8 @@ def backsolve(model: QuadraticModel, mask: np.ndarray, *, w_start: np.ndarray | 
     mask = np.asarray(mask, dtype=bool).reshape(-1)
     if mask.size != model.p:
         raise InvalidInstanceError(f"`mask` must have p = {model.p} entries; got {mask.size}")
-    if not isinstance(max_iter, (int, np.integer)) or isinstance(max_iter, bool) or max_iter < 0:
-        raise InvalidInstanceError(f"`max_iter` must be an integer >= 0; got {max_iter!r}")
-    if precond not in PRECONDITIONERS:
-        raise InvalidInstanceError(f"`precond` must be one of {', '.join(PRECONDITIONERS)}; got {precond!r}")
+    integer(max_iter, "max_iter", 0)
+    choice(precond, "precond", PRECONDITIONERS)
     if precond == "auto":
         precond = "dual" if model.p >= DUAL_MIN_WEIGHTS else "blocks"
     start = model.w0 if w_start is None else np.asarray(w_start, dtype=np.float64).reshape(-1)

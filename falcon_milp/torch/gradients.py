@@ -30,6 +30,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn.utils import parametrize
 
 from . import InputShapeError, ModelError
+from ..validation import choice
 from .flops import PrunableLayer, dense_nnz, prunable_layers
 from .masks import WeightMask
 
@@ -100,8 +101,7 @@ def iter_per_sample_grads(model: nn.Module, inputs: torch.Tensor, targets: torch
         raise InputShapeError(f"`inputs` has {n} examples but `targets` has {tn}")
     if n == 0:
         raise InputShapeError("`inputs` must hold at least one example; got 0")
-    if strategy not in GRAD_STRATEGIES:
-        raise InputShapeError(f"`strategy` must be one of {', '.join(GRAD_STRATEGIES)}; got {strategy!r}")
+    choice(strategy, "strategy", GRAD_STRATEGIES)
     if layers is None:
         layers = prunable_layers(model, inputs[:1])
     p = dense_nnz(layers)

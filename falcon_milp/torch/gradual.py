@@ -1,20 +1,23 @@
-"""Gradual pruning: prune at a few epochs with :func:`.prune.prune_model`, fine-tune in between."""
+"""Gradual pruning: prune at a few epochs with :func:`.prune.prune_model`, fine-tune in between
+(SGD with momentum through the training loop of :func:`.train.train_epoch`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import OptionError
 from .masks import remove_masks
-from .options import Calib, check_calib, fraction, int_option
+from ..validation import fraction, integer
+from .options import Calib, check_calib
 from .prune import PruneReport, prune_model
 from .schedules import gradual_epochs, stage_budgets
+from .train import train_epoch
 
 __all__ = ["GradualReport", "gradual_prune"]
+
 
 @dataclass
 class GradualReport:
@@ -23,27 +26,6 @@ class GradualReport:
     prune_epochs: list[int]
     reports: dict[int, PruneReport]
     train_loss: list[float]
-
-
-def _sgd_epoch(model: nn.Module, data: Calib, lr: float, momentum: float, batch_size: int,
-               seed: int, loss_fn: Callable | None) -> float:
-    x, y = data
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(x.shape[0], generator=gen)
-    opt = torch.optim.SGD([q for q in model.parameters() if q.requires_grad], lr=lr, momentum=momentum)
-    model.train()
-    total = 0.0
-    for s in range(0, x.shape[0], batch_size):
-        idx = order[s:s + batch_size]
-        out = model(x[idx])
-        loss = F.cross_entropy(out, y[idx]) if loss_fn is None else \
-            torch.stack([loss_fn(out[k:k + 1], y[idx][k:k + 1]) for k in range(out.shape[0])]).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        total += float(loss.detach()) * idx.numel()
-    model.eval()
-    return total / x.shape[0]
 
 
 def gradual_prune(model: nn.Module, calib: Calib, train_data: Calib, flops_fraction: float | None = 0.3,
@@ -62,7 +44,7 @@ def gradual_prune(model: nn.Module, calib: Calib, train_data: Calib, flops_fract
     into plain weights. Fine-tuning is SGD on ``train_data`` unless ``train_epoch(model, epoch)
     -> mean loss`` is given. ``prune_options`` go to :func:`prune_model`.
     """
-    n_epochs = int_option(n_epochs, "n_epochs", 1)
+    n_epochs = integer(n_epochs, "n_epochs", 1)
     if prune_epochs is None:
         prune_epochs = gradual_epochs(n_epochs, n_prunes)
     epochs = sorted(int(e) for e in prune_epochs)
@@ -86,3 +68,15 @@ def gradual_prune(model: nn.Module, calib: Calib, train_data: Calib, flops_fract
                                      prune_options.get("loss_fn")))
     remove_masks(model)
     return GradualReport(epochs, reports, losses)
+
+
+def _sgd_epoch(model: nn.Module, data: Calib, lr: float, momentum: float, batch_size: int,
+               seed: int, loss_fn: Callable | None) -> float:
+    """One epoch of SGD with momentum (a fresh optimiser, order drawn from ``seed``) by
+    :func:`.train.train_epoch`; the model is left in eval mode. Returns the mean loss."""
+    opt = torch.optim.SGD([q for q in model.parameters() if q.requires_grad], lr=lr, momentum=momentum)
+    model.train()
+    loss, _ = train_epoch(model, data[0], data[1], opt, batch_size, torch.Generator().manual_seed(seed),
+                          loss_fn=loss_fn)
+    model.eval()
+    return loss

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..validation import fraction, real
 from . import OptionError
 from .flops import PrunableLayer, flat_weights
 from .gradients import LossFn, per_sample_grads, summed_grad
@@ -105,8 +106,7 @@ def obs_inverse_diagonal(X: Any, lam2: float, block: int = 8192) -> np.ndarray:
     Computed in float64; O(n^2 p) time, O(n^2 + n*block) memory besides X (p > n), or a
     Cholesky factorisation of the p x p matrix when p <= n.
     """
-    if not (isinstance(lam2, (int, float)) and math.isfinite(lam2) and lam2 > 0):
-        raise OptionError(f"`lam2` must be a finite number > 0; got {lam2!r}")
+    real(lam2, "lam2", strict=True)
     from .gradient_store import as_store
     store = as_store(X)
     n, p = store.shape
@@ -141,8 +141,7 @@ class OBSImportance:
     kind = "obs"
 
     def __init__(self, lam2: float = 1e-4, loss_fn: LossFn | None = None, chunk_size: int | None = None) -> None:
-        if isinstance(lam2, bool) or not isinstance(lam2, (int, float)) or not math.isfinite(lam2) or lam2 <= 0:
-            raise OptionError(f"`lam2` must be a finite number > 0; got {lam2!r}")
+        real(lam2, "lam2", strict=True)
         self.lam2 = float(lam2)
         self.loss_fn = loss_fn
         self.chunk_size = chunk_size
@@ -181,8 +180,7 @@ class FlexRelImportance:
     kind = "flexrel"
 
     def __init__(self, delta: float = 0.5, target: str = "label", batch_size: int = 256) -> None:
-        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0.0 <= delta <= 1.0:
-            raise OptionError(f"`delta` must be in [0, 1]; got {delta!r}")
+        fraction(delta, "delta", optional=False)
         if target not in ("label", "predicted"):
             raise OptionError(f"`target` must be 'label' or 'predicted'; got {target!r}")
         self.delta = float(delta)

@@ -1,64 +1,20 @@
-"""Option checks of the PyTorch side: one message template, :class:`OptionError` for all.
+"""Option checks that need torch (calibration pairs, devices) or the file system (new files).
 
-Each check returns the value in its canonical type or raises ``OptionError`` with one line
-naming the option, what it must be, and what came.
+The domains every layer shares (fractions, counts, numbers, choices, grids) are in
+:mod:`falcon_milp.validation`; these use the same message template and
+:class:`~falcon_milp.exceptions.OptionError`.
 """
 from __future__ import annotations
 
-import math
-from numbers import Integral, Real
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from . import OptionError
+from ..exceptions import OptionError
 
-__all__ = ["Calib", "check_calib", "choice", "device_option", "fraction", "grid", "int_option", "new_file_option",
-           "real_option"]
+__all__ = ["Calib", "check_calib", "device_option", "new_file_option"]
 
 Calib = tuple[torch.Tensor, torch.Tensor]
-
-
-def fraction(value: Any, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= float(value) <= 1.0:
-        raise OptionError(f"`{name}` must be in [0, 1]; got {value!r}")
-    return float(value)
-
-
-def int_option(value: Any, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or int(value) < low:
-        raise OptionError(f"`{name}` must be an integer >= {low}; got {value!r}")
-    return int(value)
-
-
-def real_option(value: Any, name: str, low: float = 0.0, strict: bool = False) -> float:
-    ok = (not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(float(value))
-          and (float(value) > low if strict else float(value) >= low))
-    if not ok:
-        sign = ">" if strict else ">="
-        raise OptionError(f"`{name}` must be a finite number {sign} {low:g}; got {value!r}")
-    return float(value)
-
-
-def grid(value: Any, name: str, low: float = 0.0, high: float = math.inf) -> tuple[float, ...]:
-    """A number or a non-empty sequence of numbers in [low, high] as a tuple."""
-    items = value if isinstance(value, (list, tuple)) else [value]
-    if not items:
-        raise OptionError(f"`{name}` must be a number or a non-empty list of numbers; got {value!r}")
-    out = []
-    for v in items:
-        if isinstance(v, bool) or not isinstance(v, Real) or not (low <= float(v) <= high) or math.isnan(float(v)):
-            raise OptionError(f"`{name}` entries must be numbers in [{low:g}, {high:g}]; got {v!r}")
-        out.append(float(v))
-    return tuple(out)
-
-
-def choice(value: Any, name: str, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise OptionError(f"`{name}` must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-    return value
 
 
 def check_calib(calib: Any) -> Calib:

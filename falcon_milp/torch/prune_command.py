@@ -13,7 +13,7 @@ import argparse
 import json
 from typing import Any
 
-from .commands import BUNDLED_WEIGHTS, add_model_options
+from .model_options import BUNDLED_WEIGHTS, add_model_options
 
 METHODS = ("falcon", "falcon++", "layer-reconstruction", "magnitude", "layerwise-magnitude", "ratio-greedy",
            "obs", "nnz-only")
@@ -64,7 +64,7 @@ def load_calibration(spec: str | None, arch: str, n: int, seed: int) -> Any:
     as for `export` (shared loader), but always required."""
     from . import OptionError
     from .architectures import ARCHITECTURES
-    from .commands import load_data
+    from .model_options import load_data
 
     if n < 1:
         raise OptionError(f"`--n-grads` must be >= 1; got {n}")
@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     if args.mask_out:
         check_writable(args.mask_out, "--mask-out")
 
+    from ..validation import fraction
     from .options import device_option, new_file_option
     new_file_option(args.x_path, "--x-path")
     device_option(args.device)
@@ -123,9 +124,7 @@ def run(args: argparse.Namespace) -> int:
     if args.flops_fraction is None and args.nnz_fraction is None:
         raise OptionError("give `--flops-fraction` and/or `--nnz-fraction`")
     for name in ("flops_fraction", "nnz_fraction"):       # fail before any loading
-        value = getattr(args, name)
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise OptionError(f"`{name}` must be in [0, 1]; got {value!r}")
+        fraction(getattr(args, name), name)
     if not args.checkpoint and not args.random_init and args.arch not in BUNDLED_WEIGHTS:
         raise OptionError(f"`--checkpoint` is required for arch '{args.arch}' (no bundled weights); "
                           "or pass --random-init")

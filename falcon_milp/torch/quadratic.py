@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..exceptions import InvalidInstanceError
+from ..validation import real
 from .gradient_store import GradientStore, as_store
 
 Matrix = np.ndarray | torch.Tensor | GradientStore
@@ -76,10 +77,8 @@ class QuadraticModel:
         if w0.size != X.shape[1]:
             raise InvalidInstanceError(
                 f"`w0` must have X.shape[1] = {X.shape[1]} entries; got {w0.size}")
-        if not (isinstance(self.lam2, (int, float)) and math.isfinite(self.lam2) and self.lam2 >= 0):
-            raise InvalidInstanceError(f"`lam2` must be a finite number >= 0; got {self.lam2!r}")
-        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha)):
-            raise InvalidInstanceError(f"`alpha` must be a finite number; got {self.alpha!r}")
+        real(self.lam2, "lam2")
+        real(self.alpha, "alpha", -math.inf)
         if self.g is not None:
             g = np.asarray(self.g, dtype=np.float64).reshape(-1)
             if g.size != X.shape[1]:

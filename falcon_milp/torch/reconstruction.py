@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..validation import choice
 from . import OptionError
 from .batchnorm import BatchNormState, recalibrate_batchnorm
 from .flops import PrunableLayer
@@ -414,10 +415,8 @@ def reconstruction_prune(model: nn.Module, layers: Sequence[PrunableLayer], inpu
     """
     from ..allocation import AllocationProblem
     from ..solvers.allocation import solve_allocation
-    if allocate not in ALLOCATIONS:
-        raise OptionError(f"`allocate` must be one of {', '.join(ALLOCATIONS)}; got {allocate!r}")
-    if normalization not in NORMALIZATIONS:
-        raise OptionError(f"`normalization` must be one of {', '.join(NORMALIZATIONS)}; got {normalization!r}")
+    choice(allocate, "allocate", ALLOCATIONS)
+    choice(normalization, "normalization", NORMALIZATIONS)
     times = {"hessians": 0.0, "sensitivities": 0.0, "curves": 0.0, "allocation": 0.0,
              "reconstruction": 0.0, "sequential": 0.0}
     t = time.perf_counter()

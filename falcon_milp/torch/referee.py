@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..validation import choice
 from . import OptionError
 from .batchnorm import has_batchnorm, recalibrate_batchnorm
 from .flops import PrunableLayer
@@ -85,8 +86,7 @@ class Referee:
         self.val = val
         self.loss_fn = loss_fn
         self.bn_inputs = bn_inputs if bn_inputs is not None and has_batchnorm(model) else None
-        if criterion not in CRITERIA:
-            raise OptionError(f"`criterion` must be one of {', '.join(map(repr, CRITERIA))}; got {criterion!r}")
+        choice(criterion, "criterion", CRITERIA)
         if criterion == "calibrated-loss" and loss_fn is not None:
             criterion = "loss"
         self.criterion = criterion

@@ -11,22 +11,8 @@
 """
 from __future__ import annotations
 
-import math
-from numbers import Integral, Real
-
-from ..exceptions import InvalidInstanceError
-
-
-def _fraction(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= float(value) <= 1.0:
-        raise InvalidInstanceError(f"`{name}` must be in [0, 1]; got {value!r}")
-    return float(value)
-
-
-def _count(value: object, name: str, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or int(value) < low:
-        raise InvalidInstanceError(f"`{name}` must be an integer >= {low}; got {value!r}")
-    return int(value)
+from ..exceptions import OptionError
+from ..validation import fraction, integer, real
 
 
 def polynomial_schedule(start: float, end: float, stages: int, power: float = 3.0) -> list[float]:
@@ -34,11 +20,10 @@ def polynomial_schedule(start: float, end: float, stages: int, power: float = 3.
 
     ``start`` is clipped to be >= ``end``. Non-increasing; ``stages=1`` gives ``[end]``.
     """
-    start = _fraction(start, "start")
-    end = _fraction(end, "end")
-    stages = _count(stages, "stages")
-    if isinstance(power, bool) or not isinstance(power, Real) or not (power > 0 and math.isfinite(power)):
-        raise InvalidInstanceError(f"`power` must be a finite number > 0; got {power!r}")
+    start = fraction(start, "start", optional=False)
+    end = fraction(end, "end", optional=False)
+    stages = integer(stages, "stages", 1)
+    real(power, "power", strict=True)
     start = max(start, end)
     if stages == 1:
         return [end]
@@ -54,11 +39,11 @@ def stage_budgets(flops_fraction: float | None, nnz_fraction: float | None, stag
     Each budget follows :func:`polynomial_schedule` from ``start`` to its own target (a target
     above ``start`` is reached from above with a flat schedule at the target).
     """
-    stages = _count(stages, "stages")
+    stages = integer(stages, "stages", 1)
     nnz = None if nnz_fraction is None else polynomial_schedule(
-        start, _fraction(nnz_fraction, "nnz_fraction"), stages, power)
+        start, fraction(nnz_fraction, "nnz_fraction"), stages, power)
     flops = None if flops_fraction is None else polynomial_schedule(
-        start, _fraction(flops_fraction, "flops_fraction"), stages, power)
+        start, fraction(flops_fraction, "flops_fraction"), stages, power)
     return [(None if nnz is None else nnz[k], None if flops is None else flops[k]) for k in range(stages)]
 
 
@@ -67,15 +52,15 @@ def gradual_epochs(n_epochs: int, n_prunes: int, first: int = 0, last: int | Non
 
     Gradual pruning prunes at the start of each listed epoch and fine-tunes the rest of it.
     """
-    n_epochs = _count(n_epochs, "n_epochs")
-    n_prunes = _count(n_prunes, "n_prunes")
-    first = _count(first, "first", 0)
-    last = n_epochs - 1 if last is None else _count(last, "last", 0)
+    n_epochs = integer(n_epochs, "n_epochs", 1)
+    n_prunes = integer(n_prunes, "n_prunes", 1)
+    first = integer(first, "first", 0)
+    last = n_epochs - 1 if last is None else integer(last, "last", 0)
     if not first <= last < n_epochs:
-        raise InvalidInstanceError(
+        raise OptionError(
             f"`first` <= `last` < `n_epochs` must hold; got {first}, {last}, {n_epochs}")
     if n_prunes > last - first + 1:
-        raise InvalidInstanceError(
+        raise OptionError(
             f"`n_prunes` must be at most last - first + 1 = {last - first + 1}; got {n_prunes}")
     if n_prunes == 1:
         return [first]

@@ -37,7 +37,8 @@ from .channel_graph import ChannelGraph, build_channel_graph
 from .channel_surgery import channel_gates, slice_model
 from .flops import dense_flops, prunable_layers
 from .latency import LatencyModel, compare_latency, fit_latency_model
-from .options import check_calib, choice, fraction, int_option
+from ..validation import choice, fraction, integer
+from .options import check_calib
 
 __all__ = ["CHANNEL_IMPORTANCES", "ChannelReport", "channel_importance", "prune_channels"]
 
@@ -162,14 +163,14 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, *, flops_fract
             raise OptionError(f"`{k}_fraction` must be in (0, 1]; got {v!r}")
     importance = choice(importance, "importance", CHANNEL_IMPORTANCES)
     solver = choice(solver, "solver", CHANNEL_SOLVERS)
-    min_keep = int_option(min_keep, "min_keep", 1)
+    min_keep = integer(min_keep, "min_keep", 1)
     if calib is not None:
         calib = check_calib(calib)
     elif importance == "taylor":
         raise OptionError("`calib` is required for importance='taylor' (images and labels)")
     if not isinstance(example_input, torch.Tensor):
         raise OptionError(f"`example_input` must be a tensor; got {type(example_input).__name__}")
-    batches = tuple(int_option(b, "latency_batches", 1) for b in latency_batches)
+    batches = tuple(integer(b, "latency_batches", 1) for b in latency_batches)
 
     times: dict[str, float] = {}
     t = time.perf_counter()

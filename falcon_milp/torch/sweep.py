@@ -252,7 +252,7 @@ def check_config(raw: Mapping[str, Any], path: Path) -> SweepConfig:
                 raise fail("data", f"must be 'mnist5k', 'random' or a directory; '{data}' is neither")
             data = str(d)
     else:
-        from .commands import BUNDLED_WEIGHTS
+        from .model_options import BUNDLED_WEIGHTS
         other = [m.arch for m in models if m.arch not in BUNDLED_WEIGHTS]
         if other:
             raise fail("data", f"is required for arch '{other[0]}' (the default mnist5k is for the MNIST networks)")
@@ -276,7 +276,7 @@ def check_config(raw: Mapping[str, Any], path: Path) -> SweepConfig:
 
 
 def _check_models(value: Any, base: Path, fail: Any) -> list[ModelSpec]:
-    from .commands import ARCHS, BUNDLED_WEIGHTS
+    from .model_options import ARCHS, BUNDLED_WEIGHTS
     if value is None:
         raise fail("model", "is missing: add a [[model]] table with `arch` (and `checkpoint`)")
     if isinstance(value, dict):

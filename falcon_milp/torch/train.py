@@ -1,21 +1,21 @@
 """A small deterministic training loop (Adam, cosine learning rate, optional random shifts).
 
-Used by ``scripts/train_mnist.py`` to train the bundled MNIST networks on the 5k training images
-and usable for fine-tuning a masked model (masks from :mod:`falcon_milp.torch.masks` keep the
+Used by ``scripts/train_mnist.py`` to train the bundled MNIST networks on the 5k training images;
+:func:`train_epoch` is also the fine-tuning loop of :mod:`.gradual` (a masked model (masks from :mod:`falcon_milp.torch.masks` keep the
 pruned weights at zero). For a given seed, thread count and machine the run is reproducible.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import OptionError
+from ..validation import integer, real
 
-__all__ = ["evaluate", "random_shift", "train_classifier"]
+__all__ = ["evaluate", "random_shift", "train_classifier", "train_epoch"]
 
 
 def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -48,6 +48,31 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / x.shape[0]
 
 
+def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
+                batch_size: int, gen: torch.Generator, *, loss_fn: Callable | None = None, max_shift: int = 0,
+                sched: Any = None) -> tuple[float, float]:
+    """One pass over (x, y) in the random order ``gen`` draws, one optimiser step per batch
+    (``sched`` stepped after each), the model in train mode. Loss: cross entropy, or the mean of
+    the per-example ``loss_fn(output, target)``. ``max_shift`` > 0 adds random translations.
+    Returns the mean loss and the training accuracy over the epoch."""
+    perm = torch.randperm(x.shape[0], generator=gen)
+    loss_sum, correct = 0.0, 0
+    for s in range(0, x.shape[0], batch_size):
+        idx = perm[s:s + batch_size]
+        xb = random_shift(x[idx], max_shift, gen)
+        out = model(xb)
+        loss = F.cross_entropy(out, y[idx]) if loss_fn is None else \
+            torch.stack([loss_fn(out[k:k + 1], y[idx][k:k + 1]) for k in range(out.shape[0])]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        loss_sum += float(loss.detach()) * idx.numel()
+        correct += int((out.argmax(1) == y[idx]).sum())
+    return loss_sum / x.shape[0], correct / x.shape[0]
+
+
 def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 30,
                      batch_size: int = 64, lr: float = 2e-3, weight_decay: float = 0.0,
                      max_shift: int = 0, seed: int = 0,
@@ -58,11 +83,9 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
     epoch (``epoch``, ``loss``, ``train_acc`` on the augmented batches, ``lr``); ``log`` is called
     with each of them.
     """
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise OptionError(f"`{name}` must be an integer >= 1; got {value!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise OptionError(f"`lr` must be a finite number > 0; got {lr!r}")
+    integer(epochs, "epochs", 1)
+    integer(batch_size, "batch_size", 1)
+    real(lr, "lr", strict=True)
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -72,21 +95,8 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
     history = []
     model.train()
     for epoch in range(epochs):
-        perm = torch.randperm(x.shape[0], generator=gen)
-        loss_sum, correct = 0.0, 0
-        for s in range(0, x.shape[0], batch_size):
-            idx = perm[s:s + batch_size]
-            xb = random_shift(x[idx], max_shift, gen)
-            out = model(xb)
-            loss = F.cross_entropy(out, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += float(loss.detach()) * idx.numel()
-            correct += int((out.argmax(1) == y[idx]).sum())
-        rec = {"epoch": epoch + 1, "loss": loss_sum / x.shape[0], "train_acc": correct / x.shape[0],
-               "lr": opt.param_groups[0]["lr"]}
+        loss, acc = train_epoch(model, x, y, opt, batch_size, gen, max_shift=max_shift, sched=sched)
+        rec = {"epoch": epoch + 1, "loss": loss, "train_acc": acc, "lr": opt.param_groups[0]["lr"]}
         history.append(rec)
         if log is not None:
             log(rec)

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from ..exceptions import SolverOptionError, UnknownSolverError
 from ..executors import add_executor_options, executor_from_args, package_versions
 from ..solvers.registry import solver_names
+from ..validation import integer, real
 from .harness import Task, make_tasks, run_tasks
 from .records import RecordWriter, iter_records, ordered
 from .report import build_rows, markdown_report, solver_summaries, text_table, fmt_gap, fmt_time
@@ -55,12 +56,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--title", default=None, help="title of the Markdown report")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: rewrite DIR/report.md and the plots from DIR/results.jsonl")
-
-
-def _positive_int(value: Any, flag: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SolverOptionError(f"`{flag}` must be an integer >= 1; got {value!r}")
-    return value
 
 
 def parse_solvers(text: str | None) -> list[str]:
@@ -177,11 +172,10 @@ def run(args: argparse.Namespace) -> int:
     check_writable_dir(args.out or "bench-out", "--out")     # before any work
     if args.report_only:
         return _report_only(args)
-    repeat = _positive_int(args.repeat, "--repeat")
+    repeat = integer(args.repeat, "--repeat", 1, SolverOptionError)
     executor = executor_from_args(args)
-    threads = _positive_int(args.threads, "--threads")
-    if args.time_limit is not None and not (args.time_limit > 0 and args.time_limit < float("inf")):
-        raise SolverOptionError(f"`--time-limit` must be a finite number of seconds > 0; got {args.time_limit!r}")
+    threads = integer(args.threads, "--threads", 1, SolverOptionError)
+    real(args.time_limit, "--time-limit", strict=True, unit="seconds", error=SolverOptionError, optional=True)
     solvers = parse_solvers(args.solvers)
     suite: Suite = resolve_suite(args.suite, manifest_path=args.manifest)
     if not suite.entries:

@@ -9,23 +9,9 @@ Loaded by :mod:`falcon_milp.cli`; importing this module does not import torch (`
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-ARCHS = ("resnet20", "mobilenetv1", "resnet50", "mnist_mlp", "mnist_cnn", "mnist_bn_cnn")  # = ARCHITECTURES keys
-_ARCHS = ARCHS
-BUNDLED_WEIGHTS = ("mnist_mlp", "mnist_cnn", "mnist_bn_cnn")
-"""Architectures with trained weights shipped in the package (the MNIST networks)."""
-
-
-def add_model_options(parser: argparse.ArgumentParser, data_help: str) -> None:
-    """The options that pick a model and its calibration data (shared by `export` and `prune`)."""
-    parser.add_argument("--arch", required=True, choices=_ARCHS, help="architecture name")
-    parser.add_argument("--checkpoint", metavar="PATH",
-                        help="state_dict file (default: the bundled weights of mnist_mlp / mnist_cnn / mnist_bn_cnn)")
-    parser.add_argument("--random-init", action="store_true",
-                        help="use randomly initialised weights (seeded by --seed) instead of a checkpoint")
-    parser.add_argument("--data", metavar="SPEC", help=data_help)
+from .model_options import BUNDLED_WEIGHTS, add_model_options, load_data
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -47,41 +33,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="FILE", help="instance file (.npz)")
 
 
-def load_data(spec: str | None, arch: str, n: int, seed: int) -> Any:
-    import torch
-
-    from . import OptionError
-    from .architectures import ARCHITECTURES
-    from .data import load_cifar10, load_mnist, load_mnist_5k, subset
-
-    arch_spec = ARCHITECTURES[arch]
-    if spec is None:
-        if arch_spec.dataset != "mnist":
-            return None
-        spec = "mnist5k"
-    if n < 1:
-        raise OptionError(f"`--n-samples` must be >= 1; got {n}")
-    if spec == "mnist5k":
-        x, y = load_mnist_5k()
-    elif spec == "random":
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randn((n, *arch_spec.input_shape), generator=gen)
-        y = torch.randint(0, arch_spec.num_classes, (n,), generator=gen)
-    else:
-        root = Path(spec)
-        if not root.is_dir():
-            raise OptionError(f"`--data` must be 'mnist5k', 'random' or a directory; '{spec}' is neither")
-        if any((root / f"train-images-idx3-ubyte{s}").is_file() for s in ("", ".gz")):
-            x, y = load_mnist(root, "train")
-        elif (root / "data_batch_1").is_file() or (root / "cifar-10-batches-py").is_dir():
-            x, y = load_cifar10(root, "train")
-        else:
-            raise OptionError(f"`--data` directory '{spec}' holds no training data (MNIST "
-                              "train-images-idx3-ubyte[.gz] or CIFAR-10 data_batch_*); test sets are "
-                              "never used for calibration")
-    return subset(x, y, n, seed)
-
-
 def run(args: argparse.Namespace) -> int:
     """Build the model, score it, write the instance; print one summary line."""
     from ..io import check_writable
@@ -93,10 +44,11 @@ def run(args: argparse.Namespace) -> int:
     from ..io import save_instance
     from . import OptionError
     from .architectures import ARCHITECTURES, build_model, example_input, load_checkpoint, pretrained_path
-    from .export import check_fraction, export_instance
+    from ..validation import fraction
+    from .export import export_instance
 
-    check_fraction(args.flops_fraction, "flops_fraction")
-    check_fraction(args.nnz_fraction, "nnz_fraction")
+    fraction(args.flops_fraction, "flops_fraction")
+    fraction(args.nnz_fraction, "nnz_fraction")
     if args.checkpoint and args.random_init:
         raise OptionError("give `--checkpoint` or `--random-init`, not both")
     model = build_model(args.arch, seed=args.seed)

@@ -1,7 +1,18 @@
-"""All the rules an instance must satisfy, checked in one place before any solve.
+"""Validation in one place: the domains of options, and the rules an instance must satisfy.
 
-Messages name the field, the group and what was expected and what came.
-Nothing here modifies its arguments.
+Options. Each check declares a domain once and raises with one message template,
+
+    `{name}` must be {domain}; got {value!r}
+
+as the ``error`` class the caller names (default :class:`~falcon_milp.exceptions.OptionError`;
+the solvers and the CLI pass :class:`~falcon_milp.exceptions.SolverOptionError`, its subclass).
+Each returns the value in its canonical type: :func:`fraction` (a number in [0, 1]),
+:func:`integer` (an integer >= low), :func:`real` (a finite number >= or > low), :func:`choice`
+(one of a list), :func:`boolean`, :func:`grid` (a number or a non-empty list of numbers in a range).
+
+Instances. The rules every instance satisfies (raised as
+:class:`~falcon_milp.exceptions.InvalidInstanceError`), checked before any solve; messages name
+the field, the group and what was expected and what came. Nothing here modifies its arguments.
 """
 from __future__ import annotations
 
@@ -11,10 +22,88 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .exceptions import InvalidInstanceError
+from .exceptions import FalconError, InvalidInstanceError, OptionError
+
+ErrorClass = type[FalconError]
 
 
-def _first_bad(values: np.ndarray) -> tuple[int, float] | None:
+# ----------------------------------------------------------------------------- option domains
+def fail(name: str, domain: str, value: Any, error: ErrorClass = OptionError) -> FalconError:
+    """The one option message ("`name` must be <domain>; got <value>") as an ``error``."""
+    return error(f"`{name}` must be {domain}; got {value!r}")
+
+
+def _real_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, Real)
+
+
+def fraction(value: Any, name: str, error: ErrorClass = OptionError, optional: bool = True,
+             below_one: bool = False) -> float | None:
+    """A number in [0, 1] (in [0, 1) with ``below_one``; NaN fails) as a float; None passes when
+    ``optional``."""
+    if value is None and optional:
+        return None
+    if not _real_number(value) or not (0.0 <= float(value) < 1.0 if below_one else 0.0 <= float(value) <= 1.0):
+        raise fail(name, "in [0, 1)" if below_one else "in [0, 1]", value, error)
+    return float(value)
+
+
+def integer(value: Any, name: str, low: int = 0, error: ErrorClass = OptionError,
+            optional: bool = False) -> int | None:
+    """An integer >= ``low`` (bools refused) as an int; None passes when ``optional``."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Integral) or int(value) < low:
+        raise fail(name, ("None or " if optional else "") + f"an integer >= {low}", value, error)
+    return int(value)
+
+
+def real(value: Any, name: str, low: float = 0.0, strict: bool = False, error: ErrorClass = OptionError,
+         unit: str = "", optional: bool = False) -> float | None:
+    """A finite number >= ``low`` (> with ``strict``; any finite number for low = -inf) as a
+    float; ``unit`` names it in the message ("seconds"); None passes when ``optional``."""
+    if value is None and optional:
+        return None
+    ok = _real_number(value) and math.isfinite(float(value)) and (
+        float(value) > low if strict else float(value) >= low)
+    if not ok:
+        what = "a finite number" + (f" of {unit}" if unit else "")
+        if low > -math.inf:
+            what += f" {'>' if strict else '>='} {low:g}"
+        raise fail(name, what, value, error)
+    return float(value)
+
+
+def choice(value: Any, name: str, allowed: Sequence[Any], error: ErrorClass = OptionError) -> Any:
+    """One of ``allowed`` (listed by repr in the message)."""
+    if value not in allowed:
+        raise fail(name, "one of " + ", ".join(map(repr, allowed)), value, error)
+    return value
+
+
+def boolean(value: Any, name: str, error: ErrorClass = OptionError) -> bool:
+    """True or False (not 0 / 1)."""
+    if not isinstance(value, bool):
+        raise fail(name, "True or False", value, error)
+    return value
+
+
+def grid(value: Any, name: str, low: float = 0.0, high: float = math.inf,
+         error: ErrorClass = OptionError) -> tuple[float, ...]:
+    """A number or a non-empty sequence of numbers in [low, high] as a tuple."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if not items:
+        raise fail(name, "a number or a non-empty list of numbers", value, error)
+    for v in items:
+        if not _real_number(v) or math.isnan(float(v)) or not low <= float(v) <= high:
+            raise error(f"`{name}` entries must be numbers in [{low:g}, {high:g}]; got {v!r}")
+    return tuple(float(v) for v in items)
+
+
+# ----------------------------------------------------------------------------- instances
+
+
+def first_bad(values: np.ndarray) -> tuple[int, float] | None:
     """Index and value of the first NaN, infinite or negative entry, or None."""
     bad = ~np.isfinite(values) | (values < 0)
     if not bad.any():
@@ -41,7 +130,7 @@ def as_importance_array(values: Any, group: str) -> np.ndarray:
         raise InvalidInstanceError(f"`importances` of group '{group}' is empty; a group needs >= 1 weight")
     if arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float64)
-    bad = _first_bad(arr)
+    bad = first_bad(arr)
     if bad is not None:
         raise InvalidInstanceError(
             f"`importances` of group '{group}' must be finite and >= 0; got {bad[1]!r} at index {bad[0]}")

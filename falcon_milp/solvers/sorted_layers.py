@@ -22,13 +22,15 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from fractions import Fraction
 from typing import Sequence
 
 import numpy as np
 
 from ..instance import PruningInstance
+from ..lattice import LatticeRow, lattice_row
 
+EPS = np.finfo(np.float64).eps
+"""Machine epsilon of float64 (the unit of the rounding margins)."""
 BLOCK = 4096
 """Block length of the per-layer prefix sums (partial blocks are summed on demand)."""
 
@@ -369,16 +371,15 @@ class ExactRows:
         self.num: list[np.ndarray] = []
         self.cap: list[int | None] = []
         self.den: list[int] = []
+        self.lattice: list[LatticeRow] = []
         for r in range(self.n_rows):
-            fr = [Fraction(float(c)) for c in costs[:, r]]
-            b = float(budgets[r])
             # counts are integers, so the budget can be rounded down to the costs' lattice
-            den = max([f.denominator for f in fr] + [1])
-            num = [int(f * den) for f in fr]
-            big = max(num, default=0) * (1 << 40) >= (1 << 62)
-            self.num.append(np.array(num, dtype=object if big else np.int64))
-            self.cap.append(math.floor(Fraction(b) * den) if math.isfinite(b) else None)
-            self.den.append(den)
+            row = lattice_row(costs[:, r], budgets[r])
+            big = max(row.coef, default=0) * (1 << 40) >= (1 << 62)
+            self.num.append(np.array(row.coef, dtype=object if big else np.int64))
+            self.cap.append(row.cap)
+            self.den.append(row.scale)
+            self.lattice.append(row)
 
     def usage(self, counts: np.ndarray, r: int) -> int:
         """Exact scaled use of row r (an int)."""
