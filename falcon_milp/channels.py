@@ -67,7 +67,11 @@ def _resource(spec: Any, name: str, G: int) -> ChannelResource:
         raise InvalidInstanceError(f"`resources['{name}'].lin` must have {G} entries (one per group); "
                                    f"got shape {lin.shape}")
     merged: dict[tuple[int, int], float] = {}
-    for item in spec.get("pairs", ()):
+    for i, item in enumerate(spec.get("pairs", ())):
+        if not isinstance(item, Sequence) or len(item) != 3 or any(
+                isinstance(v, bool) or not float(v).is_integer() for v in item[:2]):
+            raise InvalidInstanceError(f"`resources['{name}'].pairs[{i}]` must be (group, group, coefficient) "
+                                       f"with integer groups; got {item!r}")
         g, h, c = item
         g, h = int(g), int(h)
         if not (0 <= g < G and 0 <= h < G):
@@ -129,7 +133,10 @@ class ChannelProblem:
             vals.append(a)
         G = len(vals)
         sizes = np.array([a.size for a in vals], dtype=np.int64)
-        mk = np.broadcast_to(np.asarray(min_keep), (G,)).astype(np.float64)
+        mk = np.asarray(min_keep, dtype=np.float64)
+        if mk.ndim > 1 or (mk.ndim == 1 and mk.shape[0] != G):
+            raise InvalidInstanceError(f"`min_keep` must be one integer or {G} (one per group); got shape {mk.shape}")
+        mk = np.broadcast_to(mk, (G,))
         if np.any(mk != np.round(mk)) or np.any(mk < 0) or np.any(mk > sizes):
             bad = int(np.flatnonzero((mk != np.round(mk)) | (mk < 0) | (mk > sizes))[0])
             raise InvalidInstanceError(f"`min_keep[{bad}]` must be an integer in [0, {int(sizes[bad])}]; "

@@ -4,6 +4,7 @@ Ctrl-C keeps what was written."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -99,6 +100,17 @@ def test_a_task_whose_worker_always_dies_gives_one_error_record(tmp_path: Path) 
     assert "\n" not in got[0]["reason"]
 
 
+def _same(a, b) -> bool:
+    """Equal structures; floats equal to a relative 1e-9."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 @pytest.mark.slow
 def test_sweep_on_dask_matches_local_and_records_failed_runs(tmp_path: Path, cluster) -> None:
     torch = pytest.importorskip("torch")
@@ -118,7 +130,9 @@ def test_sweep_on_dask_matches_local_and_records_failed_runs(tmp_path: Path, clu
         recs[name] = sorted((json.loads(l) for l in lines), key=lambda r: r["key"])
         assert len(lines) == 4
     strip = lambda r: {k: v for k, v in r.items() if k not in timing}
-    assert [strip(r) for r in recs["local"]] == [strip(r) for r in recs["dask"]]
+    # the same records, floats to 1e-9: a worker process may run BLAS/torch with another
+    # thread count, which changes the summation order (seen: 1 ulp in objective_after)
+    assert _same(strip_all := [strip(r) for r in recs["local"]], [strip(r) for r in recs["dask"]]), strip_all
     ok = [r for r in recs["dask"] if r["status"] == "ok"]
     failed = [r for r in recs["dask"] if r["status"] == "failed"]
     assert len(ok) == 2 and all(r["test_accuracy"] > 0.5 and r["worker_pid"] != os.getpid() for r in ok)

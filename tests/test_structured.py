@@ -87,6 +87,9 @@ def test_pyomo_model_and_spec_shapes():
     ({"resources": {"flops": {"lin": [1.0, 2.0]}}}, "`resources['flops'].lin` must have 1 entries"),
     ({"resources": {"flops": {"pairs": [(0, 3, 1.0)]}}}, "`resources['flops'].pairs` names group 3"),
     ({"resources": {"flops": {"pairs": [(0, 0, -1.0)]}}}, "`resources['flops'].pairs` must be finite and >= 0"),
+    ({"resources": {"flops": {"pairs": [(0, 0)]}}}, "`resources['flops'].pairs[0]` must be (group, group, coefficient)"),
+    ({"resources": {"flops": {"pairs": [(0.5, 0, 1.0)]}}}, "with integer groups"),
+    ({"min_keep": [1, 1]}, "`min_keep` must be one integer or 1 (one per group)"),
 ])
 def test_problem_errors_name_the_field(kwargs, message):
     args = {"values": [[2.0, 1.0]], "resources": {"flops": {"pairs": [(0, 0, 1.0)]}}, "budgets": {"flops": 1.0}}
@@ -217,7 +220,8 @@ def test_prune_channels_meets_the_budget(arch, mnist_calib):
     small, rep = prune_channels(model, example_input(arch), flops_fraction=0.3, params_fraction=0.5,
                                 calib=mnist_calib, latency_batches=(8,))
     assert rep.status == "optimal" and rep.gap <= 1e-9
-    assert rep.flops["counted"] == rep.flops["milp"] <= rep.flops["budget"] == 0.3 * rep.flops["dense"]
+    assert rep.flops["counted"] == rep.flops["milp"] <= rep.flops["budget"]
+    assert rep.flops["budget"] == pytest.approx(0.3 * rep.flops["dense"], rel=1e-15)
     assert rep.params["counted"] == rep.params["milp"] <= 0.5 * rep.params["dense"]
     assert rep.kept == [len(rep.kept_channels[n]) for n in rep.groups]
     assert set(rep.latency) == {"batch8"} and rep.latency["batch8"]["pruned_s"] > 0
@@ -268,6 +272,10 @@ def test_latency_table_fit_and_budget(mnist_calib):
     ({"flops_fraction": 0.3, "calib": None}, "`calib` is required for importance='taylor'"),
     ({"flops_fraction": 0.3, "solver": "cplex"}, "`solver` must be one of"),
     ({"flops_fraction": 0.3, "min_keep": 0}, "`min_keep` must be an integer >= 1"),
+    ({"flops_fraction": 0.3, "time_limit": -1}, "`time_limit` must be"),
+    ({"flops_fraction": 0.3, "batch_size": 0}, "`batch_size` must be an integer >= 1"),
+    ({"flops_fraction": 0.3, "latency_batches": 64}, "`latency_batches` must be a list of batch sizes"),
+    ({"flops_fraction": 0.3, "latency_model": object()}, "`latency_model` must be a LatencyModel"),
 ])
 def test_prune_channels_option_errors(kwargs, message, mnist_calib):
     model = load_pretrained("mnist_cnn")
@@ -290,3 +298,77 @@ def test_round_to_counts_are_multiples():
         check_counts(q, np.array([3 if n > 4 else int(n) for n in q.sizes]) if any(q.sizes > 4) else np.array([3]))
     with pytest.raises(InvalidInstanceError, match="`round_to` must be an integer >= 1"):
         ChannelProblem.from_groups(list(p.values), p.resources, p.budgets, round_to=0)
+
+
+def test_exact_budget_point_is_kept():
+    # review finding: a point exactly on its budget was repaired away by a float margin
+    p = ChannelProblem.from_groups([[3.0, 2.0, 1.0]] * 3, {"f": {"lin": [1.0, 1.0, 1.0]}}, {"f": 5.0})
+    for solver in ("highs", "greedy"):
+        r = solve_channels(p, solver=solver)
+        assert int(r.counts.sum()) == 5
+    assert solve_channels(p).status == "optimal" and solve_channels(p).value == 13.0
+
+
+class TwiceNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 4, 3), nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        return self.c(F.relu(self.a(x))) + self.c(F.relu(self.b(x)))
+
+
+class GammaNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 2, 1)
+        self.gamma = nn.Parameter(torch.ones(1, 4, 1, 1))
+
+    def forward(self, x):
+        return self.b(self.a(x) * self.gamma)
+
+
+class FlatBNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn, self.fc = nn.Conv2d(3, 4, 3), nn.BatchNorm1d(4 * 6 * 6), nn.Linear(4 * 6 * 6, 2)
+
+    def forward(self, x):
+        return self.fc(self.bn(torch.flatten(self.a(x), 1)))
+
+
+class EllipsisNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.b(self.a(x)[..., :3])
+
+
+@pytest.mark.parametrize("net, message", [
+    (TwiceNet, "module 'c' (Conv2d) is called more than once in forward"),
+    (GammaNet, "a per-channel tensor the channel graph cannot slice"),
+    (FlatBNNet, "module 'bn' (BatchNorm1d): normalises a flattened tensor"),
+    (EllipsisNet, "only indexing by slices and integers"),
+])
+def test_patterns_the_graph_refuses(net, message):
+    with pytest.raises(ModelError) as exc:
+        build_channel_graph(net(), torch.randn(2, 3, 8, 8))
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_graph_keeps_each_module_mode():
+    model = build_model("mnist_bn_cnn", seed=0).train()
+    model.bn1.eval()
+    build_channel_graph(model, example_input("mnist_bn_cnn"))
+    assert model.training and not model.bn1.training and model.bn2.training
+
+
+def test_full_budget_keeps_the_dense_model(mnist_calib):
+    model = load_pretrained("mnist_cnn")
+    # magnitude scores are > 0 for every channel, so the optimum keeps them all (Taylor scores of
+    # dead channels are 0 and the MILP may drop those at no cost)
+    small, rep = prune_channels(model, example_input("mnist_cnn"), flops_fraction=1.0, params_fraction=1.0,
+                                calib=mnist_calib, importance="magnitude", latency_batches=())
+    assert rep.kept == rep.sizes and rep.flops["counted"] == rep.flops["dense"]

@@ -14,6 +14,7 @@ divided by what it leaves for the counts). Values are scaled so that the densest
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -56,6 +57,30 @@ class _Rows:
 
 def _bits(n: int) -> int:
     return max(1, int(n).bit_length())
+
+
+def _budget_rows(problem: ChannelProblem, finite: list[str], k0: int,
+                 product_terms: Callable[[int, int, float], tuple[list[int], list[float]]], doc: str) -> "_Rows":
+    """One row per finite budget, divided by what it leaves for the counts (B - const):
+    the linear terms on the ``k`` columns (from ``k0``), each product coef k_g k_h as the
+    columns and coefficients ``product_terms(g, h, coef)`` gives."""
+    budget = _Rows("budget", doc)
+    for r in finite:
+        res = problem.resources[r]
+        room = problem.budgets[r] - res.constant
+        div = room if room > 0 else 1.0
+        nz = np.flatnonzero(res.lin)
+        cols, vals = (k0 + nz).tolist(), res.lin[nz].tolist()
+        for g, h, c in zip(res.pair_g.tolist(), res.pair_h.tolist(), res.pair_coef.tolist()):
+            pc, pv = product_terms(g, h, c)
+            cols.extend(pc)
+            vals.extend(pv)
+        # merge duplicate columns (a group may appear in lin and in several products)
+        cols_a, inv = np.unique(np.asarray(cols, dtype=np.int64), return_inverse=True)
+        vals_a = np.zeros(cols_a.size)
+        np.add.at(vals_a, inv, np.asarray(vals, dtype=np.float64) / div)
+        budget.add(r, cols_a, vals_a, -np.inf, 1.0 if room > 0 else room)
+    return budget
 
 
 def _binary_spec(problem: ChannelProblem) -> LinearSpec:
@@ -129,26 +154,13 @@ def _binary_spec(problem: ChannelProblem) -> LinearSpec:
             if m[o] > 0:
                 mc.add((problem.names[g], problem.names[h], b, "floor"), [yc, wc], [m[o], -1.0], -np.inf, 0.0)
 
-    budget = _Rows("budget", "(sum_g lin_g k_g + sum_p coef_p sum_b 2^b w[p, b]) / (B - const) <= 1")
-    for r in finite:
-        res = problem.resources[r]
-        room = problem.budgets[r] - res.constant
-        div = room if room > 0 else 1.0
-        cols, vals = [], []
-        nz = np.flatnonzero(res.lin)
-        cols.extend((k0 + nz).tolist())
-        vals.extend((res.lin[nz] / div).tolist())
-        for g, h, c in zip(res.pair_g.tolist(), res.pair_h.tolist(), res.pair_coef.tolist()):
-            e, _o = pairs[(g, h)]
-            B = _bits(problem.sizes[e])
-            cols.extend(range(w_start[(g, h)], w_start[(g, h)] + B))
-            vals.extend([c * 2.0 ** b / div for b in range(B)])
-        # merge duplicate columns (a group may appear in lin and in several pairs)
-        cols_a, inv = np.unique(np.asarray(cols, dtype=np.int64), return_inverse=True)
-        vals_a = np.zeros(cols_a.size)
-        np.add.at(vals_a, inv, np.asarray(vals, dtype=np.float64))
-        budget.add(r, cols_a, vals_a, -np.inf, 1.0 if room > 0 else room)
+    def binary_terms(g: int, h: int, c: float) -> tuple[list[int], list[float]]:
+        e, _o = pairs[(g, h)]
+        B = _bits(problem.sizes[e])
+        return list(range(w_start[(g, h)], w_start[(g, h)] + B)), [c * 2.0 ** b for b in range(B)]
 
+    budget = _budget_rows(problem, finite, k0, binary_terms,
+                          "(sum_g lin_g k_g + sum_p coef_p sum_b 2^b w[p, b]) / (B - const) <= 1")
     rows = [blk.block() for blk in (bits, value, mc, budget) if blk.index]
     notes = {"objective_scale": scale, "budget_rows": finite, "products": len(pairs),
              "expanded_groups": len(expanded)}
@@ -214,27 +226,15 @@ def _choice_spec(problem: ChannelProblem) -> LinearSpec:
             if m[o] > 0:
                 hull.add((problem.names[g], problem.names[h], int(opts[e][j]), "lower"), [xj, zj], [m[o], -1.0],
                          -np.inf, 0.0)
-    budget = _Rows("budget", "(sum_g lin_g k_g + sum_p coef_p sum_j j z[p, j]) / (B - const) <= 1")
-    for r in finite:
-        res = problem.resources[r]
-        room = problem.budgets[r] - res.constant
-        div = room if room > 0 else 1.0
-        cols, vals = [], []
-        nz = np.flatnonzero(res.lin)
-        cols.extend(nz.tolist())
-        vals.extend((res.lin[nz] / div).tolist())
-        for g, h, c in zip(res.pair_g.tolist(), res.pair_h.tolist(), res.pair_coef.tolist()):
-            if g == h:                       # k_g^2 = sum_j j^2 x[g, j]: linear in x
-                cols.extend(range(x_start[g], x_start[g + 1]))
-                vals.extend((c * opts[g].astype(np.float64) ** 2 / div).tolist())
-                continue
-            e, _o = pairs[(g, h)]
-            cols.extend(range(z_start[(g, h)], z_start[(g, h)] + opts[e].size))
-            vals.extend((c * opts[e].astype(np.float64) / div).tolist())
-        cols_a, inv = np.unique(np.asarray(cols, dtype=np.int64), return_inverse=True)
-        vals_a = np.zeros(cols_a.size)
-        np.add.at(vals_a, inv, np.asarray(vals, dtype=np.float64))
-        budget.add(r, cols_a, vals_a, -np.inf, 1.0 if room > 0 else room)
+    def choice_terms(g: int, h: int, c: float) -> tuple[list[int], list[float]]:
+        if g == h:                       # k_g^2 = sum_j j^2 x[g, j]: linear in x
+            return list(range(x_start[g], x_start[g + 1])), (c * opts[g].astype(np.float64) ** 2).tolist()
+        e, _o = pairs[(g, h)]
+        return (list(range(z_start[(g, h)], z_start[(g, h)] + opts[e].size)),
+                (c * opts[e].astype(np.float64)).tolist())
+
+    budget = _budget_rows(problem, finite, 0, choice_terms,
+                          "(sum_g lin_g k_g + sum_p coef_p sum_j j z[p, j]) / (B - const) <= 1")
     rows = [blk.block() for blk in (one, link, split, hull, budget) if blk.index]
     notes = {"objective_scale": scale, "budget_rows": finite, "products": len(pairs)}
     return LinearSpec("channels-choice", columns, rows, notes)

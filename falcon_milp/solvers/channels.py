@@ -24,7 +24,7 @@ import numpy as np
 from ..channels import ChannelProblem, check_counts
 from ..exceptions import CertificateError, SolverOptionError
 from ..formulations.channels import LINEARIZATIONS, channel_spec, counts_from_values
-from ..validation import choice, fraction, real
+from ..validation import choice, fraction, integer, real
 from .highs import solve_spec
 
 __all__ = ["CHANNEL_SOLVERS", "ChannelResult", "solve_channels"]
@@ -78,13 +78,14 @@ def _step_down(problem: ChannelProblem, g: int, k: int) -> int:
 def _drop_until_feasible(problem: ChannelProblem, counts: np.ndarray) -> tuple[np.ndarray, int]:
     """Drop the cheapest channel (value lost per budget freed) until the exact check passes.
 
-    Violated budgets are read in float64 (with a 1e-12 margin) and confirmed exactly before
-    stopping, so the loop costs O(G + P) per dropped channel."""
+    A budget more than 1e-9 over in float64 is violated without the exact sum; every other
+    point is decided by the exact check, so a point exactly on a budget is kept."""
     counts = counts.astype(np.int64).copy()
     dropped = 0
     while True:
+        # clearly over in float64: drop without the exact sum; otherwise the exact check decides
         violated = [r for r, b in problem.budgets.items()
-                    if math.isfinite(b) and problem.resources[r].value(counts) > b * (1 - 1e-12)]
+                    if math.isfinite(b) and problem.resources[r].value(counts) > b * (1 + 1e-9) + 1e-300]
         if not violated:
             chk = check_counts(problem, counts)
             if chk.feasible:
@@ -138,6 +139,7 @@ def solve_channels(problem: ChannelProblem, *, solver: str = "highs", time_limit
     real(time_limit, "time_limit", strict=True, unit="seconds", error=SolverOptionError, optional=True)
     fraction(rel_gap, "rel_gap", SolverOptionError, optional=False, below_one=True)
     choice(linearization, "linearization", LINEARIZATIONS, SolverOptionError)
+    integer(threads, "threads", 1, SolverOptionError, optional=True)
     start = time.perf_counter()
     smallest = np.array([problem.options(g)[0] for g in range(problem.n_groups)], dtype=np.int64)
     low = check_counts(problem, smallest)

@@ -20,10 +20,11 @@ the decision unit of the channel MILP. An operation the graph does not know rais
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import networkx as nx
 import numpy as np
@@ -34,7 +35,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from . import ModelError
 
-__all__ = ["ChannelGraph", "ChannelGroup", "Member", "build_channel_graph"]
+__all__ = ["ChannelGraph", "ChannelGroup", "Member", "build_channel_graph", "eval_mode"]
 
 _KEEP_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
                  nn.Hardswish, nn.Hardsigmoid, nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool1d,
@@ -114,6 +115,18 @@ class _Layout:
     rigid: bool = False
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode within the block; every submodule's own flag restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in modes:
+            m.training = flag
+
+
 class _Tracer:
     def __init__(self, model: nn.Module, example_input: Any) -> None:
         self.model = model
@@ -124,16 +137,14 @@ class _Tracer:
             raise ModelError(f"{type(model).__name__} cannot be traced by torch.fx for the channel graph: "
                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
         args = example_input if isinstance(example_input, tuple) else (example_input,)
-        was = model.training
         try:
-            self.gm.eval()
-            with torch.no_grad():
-                ShapeProp(self.gm).propagate(*args)
+            with eval_mode(model):
+                self.gm.eval()
+                with torch.no_grad():
+                    ShapeProp(self.gm).propagate(*args)
         except Exception as exc:  # noqa: BLE001
             raise ModelError(f"the example input does not run through {type(model).__name__}: "
                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-        finally:
-            model.train(was)
         self.n_units = 0
         self.fixed: set[int] = set()
         self.graph = nx.Graph()
@@ -179,11 +190,25 @@ class _Tracer:
             self.fix(b.units)
         return _Layout(out, a.spatial)
 
+    def check_operands(self, node: fx.Node, where: str) -> None:
+        """Refuse a per-channel tensor the graph does not follow (a parameter of shape (1, C, 1, 1),
+        say): surgery could not slice it."""
+        for arg in node.args:
+            if isinstance(arg, fx.Node) and not isinstance(self.layouts.get(arg), _Layout):
+                shape = self.shape(arg)
+                if shape is not None and len(shape) >= 2 and shape[1] > 1:
+                    raise ModelError(f"{where}: combines a tensor with '{arg.name}' of shape {tuple(shape)}, "
+                                     "a per-channel tensor the channel graph cannot slice")
+
     # -- node kinds
     def module_node(self, node: fx.Node) -> Any:
         name = str(node.target)
         mod = self.modules[name]
         where = f"module '{name}' ({type(mod).__name__})"
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear) + _NORMS):
+            if name in self.uses or name in self.norms:
+                raise ModelError(f"{where} is called more than once in forward; not supported by the "
+                                 "channel graph")
         if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
             lay = self.layout(node.args[0], where)
             if lay.spatial != 1:
@@ -211,6 +236,9 @@ class _Tracer:
             return _Layout(out)
         if isinstance(mod, _NORMS):
             lay = self.layout(node.args[0], where)
+            if lay.spatial != 1:
+                raise ModelError(f"{where}: normalises a flattened tensor (features, not channels); "
+                                 "not supported by the channel graph")
             self.norms[name] = lay.units
             return lay
         if isinstance(mod, _KEEP_MODULES):
@@ -231,6 +259,7 @@ class _Tracer:
         where = f"function '{getattr(fn, '__name__', fn)}' (node {node.name})"
         tensors = [a for a in node.args if isinstance(a, fx.Node) and isinstance(self.layouts.get(a), _Layout)]
         if fn in _TIE_FUNCTIONS:
+            self.check_operands(node, where)
             if len(tensors) == 2:
                 return self.tie(self.layouts[tensors[0]], self.layouts[tensors[1]], where)
             if len(tensors) == 1:
@@ -265,6 +294,9 @@ class _Tracer:
             if not isinstance(lay, _Layout):
                 return None          # indexing a shape or a tuple
             idx = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+            if any(i is Ellipsis or i is None or not isinstance(i, (slice, int)) for i in idx):
+                raise ModelError(f"{where}: only indexing by slices and integers (no ..., None or "
+                                 "tensors) is supported by the channel graph")
             if len(idx) >= 2 and idx[1] != slice(None):
                 self.fix(lay.units)
                 return _Layout(lay.units[idx[1]], lay.spatial, True)
@@ -283,6 +315,7 @@ class _Tracer:
         if name in _KEEP_METHODS:
             return lay
         if name in _TIE_METHODS:
+            self.check_operands(node, where)
             other = node.args[1] if len(node.args) > 1 else None
             if isinstance(other, fx.Node) and isinstance(self.layouts.get(other), _Layout):
                 return self.tie(lay, self.layouts[other], where)

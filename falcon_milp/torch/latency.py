@@ -26,8 +26,9 @@ import torch
 from scipy.optimize import nnls
 from torch import nn
 
+from . import ModelError
 from .channel_costs import Polynomial, count_affine
-from .channel_graph import ChannelGraph, ModuleUse
+from .channel_graph import ChannelGraph, ModuleUse, eval_mode
 
 __all__ = ["LatencyModel", "compare_latency", "fit_latency_model", "measure_latency"]
 
@@ -38,20 +39,15 @@ def measure_latency(model: nn.Module, x: torch.Tensor, *, min_time: float = 0.3,
                     warmup: int = 2, statistic: str = "median") -> float:
     """Seconds of ``model(x)`` in eval mode without gradients (the mode is restored): the
     ``median`` or ``min`` of at least ``min_runs`` runs lasting ``min_time`` in all."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for _ in range(warmup):
-                model(x)
-            runs: list[float] = []
-            start = time.perf_counter()
-            while len(runs) < min_runs or time.perf_counter() - start < min_time:
-                t = time.perf_counter()
-                model(x)
-                runs.append(time.perf_counter() - t)
-    finally:
-        model.train(was)
+    with eval_mode(model), torch.no_grad():
+        for _ in range(warmup):
+            model(x)
+        runs: list[float] = []
+        start = time.perf_counter()
+        while len(runs) < min_runs or time.perf_counter() - start < min_time:
+            t = time.perf_counter()
+            model(x)
+            runs.append(time.perf_counter() - t)
     return min(runs) if statistic == "min" else statistics.median(runs)
 
 
@@ -92,6 +88,9 @@ class LatencyModel:
 
     def resource(self, graph: ChannelGraph, groups: Sequence[int]) -> dict:
         """The latency as a ChannelResource dict over the problem groups ``groups``."""
+        if set(self.coefficients) != set(graph.uses):
+            missing = sorted(set(graph.uses) ^ set(self.coefficients))
+            raise ModelError(f"the latency model was fitted on other layers (differs in '{missing[0]}')")
         index = {g: i for i, g in enumerate(groups)}
         poly = Polynomial(len(groups))
         poly.const += self.constant

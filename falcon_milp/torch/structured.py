@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from fractions import Fraction
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -28,16 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..channels import ChannelProblem
+from ..channels import ChannelProblem, check_counts
 from ..solvers.channels import CHANNEL_SOLVERS, solve_channels
-from . import OptionError
+from . import ModelError, OptionError
 from .batchnorm import has_batchnorm, recalibrate_batchnorm
 from .channel_costs import channel_resources
-from .channel_graph import ChannelGraph, build_channel_graph
+from .channel_graph import ChannelGraph, build_channel_graph, eval_mode
 from .channel_surgery import channel_gates, slice_model
 from .flops import dense_flops, prunable_layers
 from .latency import LatencyModel, compare_latency, fit_latency_model
-from ..validation import choice, fraction, integer
+from ..validation import choice, fraction, integer, real
 from .options import check_calib
 
 __all__ = ["CHANNEL_IMPORTANCES", "ChannelReport", "channel_importance", "prune_channels"]
@@ -79,18 +80,14 @@ def _taylor(graph: ChannelGraph, model: nn.Module, groups: Sequence[int], calib:
     gates = {g: torch.ones(graph.groups[g].size, dtype=torch.float64, requires_grad=True) for g in groups}
     scores = {g: torch.zeros(graph.groups[g].size, dtype=torch.float64) for g in groups}
     x, y = calib
-    was = model.training
-    model.eval()
-    try:
-        with channel_gates(model, graph, gates):
-            for s in range(0, x.shape[0], batch_size):
-                xb, yb = x[s:s + batch_size], y[s:s + batch_size]
-                loss = F.cross_entropy(model(xb), yb)
-                grads = torch.autograd.grad(loss, [gates[g] for g in groups])
-                for g, gr in zip(groups, grads):
+    with eval_mode(model), channel_gates(model, graph, gates):
+        for s in range(0, x.shape[0], batch_size):
+            xb, yb = x[s:s + batch_size], y[s:s + batch_size]
+            loss = F.cross_entropy(model(xb), yb)
+            grads = torch.autograd.grad(loss, [gates[g] for g in groups], allow_unused=True)
+            for g, gr in zip(groups, grads):
+                if gr is not None:          # None: nothing downstream reads the group
                     scores[g] += xb.shape[0] * gr.detach() ** 2
-    finally:
-        model.train(was)
     return [scores[g].numpy() for g in groups]
 
 
@@ -136,6 +133,12 @@ class ChannelReport:
         return self.flops["counted"] / self.flops["dense"]
 
 
+def _round_up(x: Fraction) -> float:
+    """The float nearest ``x`` from above (a budget of fraction 1 keeps the dense model feasible)."""
+    f = float(x)
+    return f if Fraction(f) >= x else math.nextafter(f, math.inf)
+
+
 def _count(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
     return (dense_flops(prunable_layers(model, example_input[:1])),
             sum(p.numel() for p in model.parameters()))
@@ -146,13 +149,15 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, *, flops_fract
                    calib: tuple[torch.Tensor, torch.Tensor] | None = None, importance: str = "taylor",
                    solver: str = "highs", min_keep: int = 1, time_limit: float | None = 60.0,
                    latency_batches: Sequence[int] = (1, 64), latency_model: LatencyModel | None = None,
-                   recalibrate: bool = True, batch_size: int = 64) -> tuple[nn.Module, ChannelReport]:
+                   recalibrate: bool = True, batch_size: int = 64,
+                   round_to: int = 1) -> tuple[nn.Module, ChannelReport]:
     """Prune whole channels of ``model`` to the given fractions of its MACs / parameters /
     fitted latency (at least one); returns ``(smaller_model, report)``. ``model`` is not
     modified. ``calib``: (images, labels) of training data (Taylor scores, BatchNorm
     re-estimation); ``latency_batches``: batch sizes at which CPU latency is measured before
     and after (empty: none); ``latency_model``: a fitted per-layer table for the latency
-    budget (default: fitted here when ``latency_fraction`` is given)."""
+    budget (default: fitted here when ``latency_fraction`` is given); ``round_to``: kept counts
+    are multiples of it (or the whole group)."""
     budgets = {"flops": fraction(flops_fraction, "flops_fraction"),
                "params": fraction(params_fraction, "params_fraction"),
                "latency": fraction(latency_fraction, "latency_fraction")}
@@ -170,7 +175,15 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, *, flops_fract
         raise OptionError("`calib` is required for importance='taylor' (images and labels)")
     if not isinstance(example_input, torch.Tensor):
         raise OptionError(f"`example_input` must be a tensor; got {type(example_input).__name__}")
+    if isinstance(latency_batches, (str, bytes)) or not isinstance(latency_batches, Sequence):
+        raise OptionError(f"`latency_batches` must be a list of batch sizes; got {latency_batches!r}")
     batches = tuple(integer(b, "latency_batches", 1) for b in latency_batches)
+    real(time_limit, "time_limit", strict=True, unit="seconds", optional=True)
+    batch_size = integer(batch_size, "batch_size", 1)
+    round_to = integer(round_to, "round_to", 1)
+    if latency_model is not None and not isinstance(latency_model, LatencyModel):
+        raise OptionError(f"`latency_model` must be a LatencyModel (fit_latency_model); got "
+                          f"{type(latency_model).__name__}")
 
     times: dict[str, float] = {}
     t = time.perf_counter()
@@ -199,10 +212,18 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, *, flops_fract
     problem = ChannelProblem.from_groups(
         values, resources, {r: None for r in resources}, names=[graph.groups[g].name for g in groups],
         min_keep=np.minimum(min_keep, sizes))
-    dense_use = problem.usage(dense_counts)
-    budget_abs = {r: (None if budgets.get(r) is None else budgets[r] * dense_use[r]) for r in resources}
+    dense_exact = check_counts(problem, dense_counts).usage
+    flops_dense, params_dense = _count(model, example_input)
+    if dense_exact["flops"] != flops_dense or dense_exact["params"] != params_dense:
+        raise ModelError(f"the channel graph's cost model of {type(model).__name__} disagrees with an "
+                         f"independent count (MACs {float(dense_exact['flops'])} vs {flops_dense}, parameters "
+                         f"{float(dense_exact['params'])} vs {params_dense}): a pattern it does not model")
+    budget_abs = {r: (None if budgets.get(r) is None else _round_up(Fraction(budgets[r]) * dense_exact[r]))
+                  for r in resources}
+    dense_use = {r: float(u) for r, u in dense_exact.items()}
     problem = ChannelProblem.from_groups(values, resources, budget_abs, names=problem.names,
-                                         min_keep=problem.min_keep, metadata={"dense": dense_use})
+                                         min_keep=problem.min_keep, metadata={"dense": dense_use},
+                                         round_to=round_to)
 
     t = time.perf_counter()
     res = solve_channels(problem, solver=solver, time_limit=time_limit)
@@ -220,7 +241,6 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, *, flops_fract
         recal = True
     times["surgery"] = time.perf_counter() - t
 
-    flops_dense, params_dense = _count(model, example_input)
     flops_small, params_small = _count(small, example_input)
     latency: dict[str, dict[str, float]] = {}
     t = time.perf_counter()
