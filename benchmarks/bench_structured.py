@@ -143,6 +143,11 @@ def _mean(xs):
     return sum(xs) / len(xs)
 
 
+def _std(xs):
+    m = _mean(xs)
+    return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+
+
 def _report(records, path: Path, meta: dict) -> None:
     acc = [r for r in records if r["part"] == "accuracy"]
     sol = [r for r in records if r["part"] == "solve"]
@@ -152,7 +157,8 @@ def _report(records, path: Path, meta: dict) -> None:
     if acc:
         lines += ["## MNIST nets: accuracy and latency at equal MAC targets", "",
                   f"Fine-tune for every method: {FINETUNE} on the 5k training images; accuracy on the 10k test set "
-                  "(mean over fine-tune seeds; one-shot is after BatchNorm re-estimation).", "",
+                  "(mean ± sample std over fine-tune seeds; one-shot is after BatchNorm re-estimation). "
+                  "Latency: pruned / dense time, measured side by side.", "",
                   "| net | MAC target | method | MACs kept | one-shot acc | fine-tuned acc | seeds | latency ratio b1 / b64 / b256 | MILP status |",
                   "|---|---|---|---|---|---|---|---|---|"]
         keys = []
@@ -165,7 +171,8 @@ def _report(records, path: Path, meta: dict) -> None:
             r0 = rs[0]
             lat = " / ".join(f"{r0['latency'][f'batch{b}']['ratio']:.2f}" for b in BATCHES)
             lines.append(f"| {k[0]} | {k[1]:.0%} | {k[2]} | {r0['macs_fraction']:.3f} | {r0['one_shot_acc']:.4f} | "
-                         f"{_mean([r['finetuned_acc'] for r in rs]):.4f} | {len(rs)} | {lat} | "
+                         f"{_mean([r['finetuned_acc'] for r in rs]):.4f} ± {_std([r['finetuned_acc'] for r in rs]):.4f} | "
+                         f"{len(rs)} | {lat} | "
                          f"{r0.get('status', '-')} |")
         dense = {r["arch"]: r["dense_acc"] for r in acc}
         lines += ["", "Dense test accuracy: " + ", ".join(f"{a} {v:.4f}" for a, v in dense.items()) + ".", ""]
@@ -196,11 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", type=Path, default=ROOT / "docs" / "bench" / "structured.jsonl")
     ap.add_argument("--report", type=Path, default=ROOT / "docs" / "bench_structured.md")
     ap.add_argument("--from-records", type=Path, default=None)
+    ap.add_argument("--note", default="", help="how the records were made (printed in the report header)")
     args = ap.parse_args(argv)
     meta = {"command": "python benchmarks/bench_structured.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores"}
     if args.from_records is not None:
         records = [json.loads(l) for l in args.from_records.read_text().splitlines() if l.strip()]
+        meta["threads"] = next((r["threads"] for r in records if "threads" in r), None)
         _report(records, args.report, meta)
         return 0
     import torch

@@ -1,5 +1,7 @@
 """The channel-coupling graph of a network: which channels must be pruned together.
 
+(Over 400 lines because the tracer's per-node rules are one table of cases read together.)
+
 The model is traced with ``torch.fx`` and its shapes propagated on an example input. Every
 tensor's channel dimension is followed as an array of *channel units* (one id per channel):
 
