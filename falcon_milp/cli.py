@@ -1,4 +1,4 @@
-"""Command-line interface: ``falcon-milp info|solve|allocate|export-model|bench|export|prune|sweep``.
+"""Command-line interface: ``falcon-milp info|solve|allocate|export-model|bench|export|prune|prune-channels|sweep``.
 
 A thin client of the library. Every FalconError (and bad usage) becomes one line on
 stderr and exit code 2; no traceback.
@@ -18,6 +18,8 @@ _PLUGINS = {
     "bench": ("falcon_milp.bench.bench_command", "run every solver on an instance suite; JSONL + report + plots"),
     "export": ("falcon_milp.torch.export_command", "export a pruning instance from a PyTorch model"),
     "prune": ("falcon_milp.torch.prune_command", "prune a PyTorch model with FALCON or a baseline"),
+    "prune-channels": ("falcon_milp.torch.prune_channels_command",
+                       "prune whole channels (structured) with the exact channel MILP"),
     "sweep": ("falcon_milp.torch.sweep_command", "a grid of pruning runs from a TOML config, on any executor"),
 }
 

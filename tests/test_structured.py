@@ -1,5 +1,6 @@
 """Structured channel pruning: the channel MILP, the coupling graph, surgery, prune_channels."""
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -372,3 +373,32 @@ def test_full_budget_keeps_the_dense_model(mnist_calib):
     small, rep = prune_channels(model, example_input("mnist_cnn"), flops_fraction=1.0, params_fraction=1.0,
                                 calib=mnist_calib, importance="magnitude", latency_batches=())
     assert rep.kept == rep.sizes and rep.flops["counted"] == rep.flops["dense"]
+
+
+def test_cli_prune_channels_writes_a_loadable_model(tmp_path, capsys):
+    from falcon_milp.cli import main
+    from falcon_milp.torch import prune_channels_command
+    from falcon_milp.torch.structured import CHANNEL_IMPORTANCES, load_channel_pruned
+    from falcon_milp.solvers.channels import CHANNEL_SOLVERS
+    assert prune_channels_command.IMPORTANCES == CHANNEL_IMPORTANCES
+    assert prune_channels_command.SOLVERS == CHANNEL_SOLVERS
+    out = tmp_path / "small.pt"
+    assert main(["prune-channels", "--arch", "mnist_cnn", "--flops-fraction", "0.5", "--n-calib", "256",
+                 "-o", str(out), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["flops"]["counted"] <= 0.5 * rep["flops"]["dense"] and rep["status"] == "optimal"
+    small = load_channel_pruned(str(out))
+    assert dense_flops(prunable_layers(small, example_input("mnist_cnn"))) == rep["flops"]["counted"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--flops-fraction", "1.3"], "`--flops-fraction` must be in [0, 1]; got 1.3"),
+    ([], "give `--flops-fraction`, `--params-fraction` and/or `--latency-fraction`"),
+    (["--flops-fraction", "0.3", "--round-to", "0"], "`--round-to` must be an integer >= 1"),
+])
+def test_cli_prune_channels_errors(argv, message, capsys, tmp_path):
+    from falcon_milp.cli import main
+    out = tmp_path / "never.pt"
+    assert main(["prune-channels", "--arch", "mnist_cnn", *argv, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not out.exists()

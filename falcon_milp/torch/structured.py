@@ -41,7 +41,8 @@ from .latency import LatencyModel, compare_latency, fit_latency_model
 from ..validation import choice, fraction, integer, real
 from .options import check_calib
 
-__all__ = ["CHANNEL_IMPORTANCES", "ChannelReport", "channel_importance", "prune_channels"]
+__all__ = ["CHANNEL_IMPORTANCES", "ChannelReport", "channel_importance", "load_channel_pruned", "prune_channels",
+           "save_channel_pruned"]
 
 CHANNEL_IMPORTANCES = ("taylor", "magnitude")
 
@@ -262,3 +263,34 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, *, flops_fract
         batchnorm_recalibrated=recal, times=times,
         extra={k: v for k, v in res.extra.items() if isinstance(v, (int, float, str))})
     return small, report
+
+
+CHANNEL_FILE_FORMAT = "falcon-milp-channels/1"
+
+
+def save_channel_pruned(small: nn.Module, arch: str, report: ChannelReport, path: str) -> None:
+    """Write the architecture name, the kept channels of every group and ``small``'s state_dict
+    (``torch.save`` of a dict of tensors and lists; :func:`load_channel_pruned` reads it)."""
+    torch.save({"format": CHANNEL_FILE_FORMAT, "arch": arch, "kept_channels": report.kept_channels,
+                "state_dict": small.state_dict()}, path)
+
+
+def load_channel_pruned(path: str) -> nn.Module:
+    """The small model of a :func:`save_channel_pruned` file: the architecture rebuilt, cut to
+    the kept channels with :func:`slice_model`, the saved weights loaded."""
+    from .architectures import build_model, example_input
+    try:
+        blob = torch.load(path, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - one line for any unreadable file
+        raise OptionError(f"`{path}` is not a readable channel-pruned model file ({type(exc).__name__})") from None
+    if not isinstance(blob, dict) or blob.get("format") != CHANNEL_FILE_FORMAT:
+        raise OptionError(f"`{path}` is not a channel-pruned model file (format {CHANNEL_FILE_FORMAT})")
+    model = build_model(blob["arch"])
+    graph = build_channel_graph(model, example_input(blob["arch"]))
+    index = {grp.name: g for g, grp in enumerate(graph.groups)}
+    unknown = [n for n in blob["kept_channels"] if n not in index]
+    if unknown:
+        raise OptionError(f"`{path}` names group '{unknown[0]}', which {blob['arch']} does not have")
+    small = slice_model(model, graph, {index[n]: np.asarray(k) for n, k in blob["kept_channels"].items()})
+    small.load_state_dict(blob["state_dict"])
+    return small.eval()
