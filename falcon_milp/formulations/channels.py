@@ -59,6 +59,14 @@ def _bits(n: int) -> int:
     return max(1, int(n).bit_length())
 
 
+def _common(problem: ChannelProblem) -> tuple[np.ndarray, np.ndarray, float, list[str]]:
+    """Sizes and minimum counts as floats, the objective scale, the resources with a finite budget."""
+    total = float(sum(v.sum() for v in problem.values))
+    return (problem.sizes.astype(np.float64), problem.min_keep.astype(np.float64),
+            OBJECTIVE_TOP / total if total > 0 else 1.0,
+            [r for r, b in problem.budgets.items() if math.isfinite(b)])
+
+
 def _budget_rows(problem: ChannelProblem, finite: list[str], k0: int,
                  product_terms: Callable[[int, int, float], tuple[list[int], list[float]]], doc: str) -> "_Rows":
     """One row per finite budget, divided by what it leaves for the counts (B - const):
@@ -86,11 +94,7 @@ def _budget_rows(problem: ChannelProblem, finite: list[str], k0: int,
 def _binary_spec(problem: ChannelProblem) -> LinearSpec:
     """The binary-expansion MILP (``linearization="binary"``)."""
     G = problem.n_groups
-    n = problem.sizes.astype(np.float64)
-    m = problem.min_keep.astype(np.float64)
-    total = float(sum(v.sum() for v in problem.values))
-    scale = OBJECTIVE_TOP / total if total > 0 else 1.0
-    finite = [r for r, b in problem.budgets.items() if math.isfinite(b)]
+    n, m, scale, finite = _common(problem)
 
     # products k_e k_o in any finite budget: expand the factor with fewer bits
     pairs: dict[tuple[int, int], tuple[int, int]] = {}
@@ -173,11 +177,7 @@ def _choice_spec(problem: ChannelProblem) -> LinearSpec:
     as a disaggregation (sum_j z[p, j] = k_o, m_o x[e, j] <= z[p, j] <= n_o x[e, j]), the
     convex hull of each product's disjunction."""
     G = problem.n_groups
-    n = problem.sizes.astype(np.float64)
-    m = problem.min_keep.astype(np.float64)
-    total = float(sum(v.sum() for v in problem.values))
-    scale = OBJECTIVE_TOP / total if total > 0 else 1.0
-    finite = [r for r, b in problem.budgets.items() if math.isfinite(b)]
+    n, m, scale, finite = _common(problem)
     opts = [problem.options(g) for g in range(G)]
     x_start = np.concatenate([[0], np.cumsum([o.size for o in opts])]).astype(np.int64) + G
     pairs: dict[tuple[int, int], tuple[int, int]] = {}

@@ -23,6 +23,28 @@ def add_model_options(parser: argparse.ArgumentParser, data_help: str) -> None:
     parser.add_argument("--data", metavar="SPEC", help=data_help)
 
 
+def check_model_args(args: argparse.Namespace) -> None:
+    """Refuse contradictory or missing model options (before any loading)."""
+    from . import OptionError
+    if args.checkpoint and args.random_init:
+        raise OptionError("give `--checkpoint` or `--random-init`, not both")
+    if not args.checkpoint and not args.random_init and args.arch not in BUNDLED_WEIGHTS:
+        raise OptionError(f"`--checkpoint` is required for arch '{args.arch}' (no bundled weights); "
+                          "or pass --random-init")
+
+
+def load_model(args: argparse.Namespace) -> Any:
+    """The model ``--arch`` / ``--checkpoint`` / ``--random-init`` (seeded by ``--seed``) name,
+    in eval mode (imports torch)."""
+    from .architectures import build_model, load_checkpoint, pretrained_path
+    model = build_model(args.arch, seed=args.seed)
+    if args.checkpoint:
+        load_checkpoint(model, args.checkpoint)
+    elif not args.random_init:
+        load_checkpoint(model, pretrained_path(args.arch))
+    return model.eval()
+
+
 def load_data(spec: str | None, arch: str, n: int, seed: int) -> Any:
     """Calibration examples for ``--data SPEC``: 'mnist5k', 'random', or a folder of MNIST / CIFAR-10
     training files (None: the 5k MNIST images for MNIST networks, else no data)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .model_options import BUNDLED_WEIGHTS, add_model_options
+from .model_options import add_model_options, check_model_args, load_model
 
 IMPORTANCES = ("taylor", "magnitude")     # = structured.CHANNEL_IMPORTANCES (a test checks)
 SOLVERS = ("highs", "greedy")             # = solvers.channels.CHANNEL_SOLVERS
@@ -48,8 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.output:
         check_writable(args.output, "--output")
-    if args.checkpoint and args.random_init:
-        raise OptionError("give `--checkpoint` or `--random-init`, not both")
+    check_model_args(args)
     if args.flops_fraction is None and args.params_fraction is None and args.latency_fraction is None:
         raise OptionError("give `--flops-fraction`, `--params-fraction` and/or `--latency-fraction`")
     for name in ("flops_fraction", "params_fraction", "latency_fraction"):
@@ -57,20 +56,12 @@ def run(args: argparse.Namespace) -> int:
     integer(args.round_to, "--round-to", 1)
     integer(args.n_calib, "--n-calib", 1)
     real(args.time_limit, "--time-limit", strict=True, unit="seconds")
-    if not args.checkpoint and not args.random_init and args.arch not in BUNDLED_WEIGHTS:
-        raise OptionError(f"`--checkpoint` is required for arch '{args.arch}' (no bundled weights); "
-                          "or pass --random-init")
-    from .architectures import build_model, example_input, load_checkpoint, pretrained_path   # imports torch
+    from .architectures import example_input   # imports torch
     from .model_options import load_data
     from .structured import save_channel_pruned, prune_channels
     from .train import evaluate
 
-    model = build_model(args.arch, seed=args.seed)
-    if args.checkpoint:
-        load_checkpoint(model, args.checkpoint)
-    elif not args.random_init:
-        load_checkpoint(model, pretrained_path(args.arch))
-    model.eval()
+    model = load_model(args)
     calib = load_data(args.data, args.arch, args.n_calib, args.seed)
     test = None
     if args.test_data:

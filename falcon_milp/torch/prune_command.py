@@ -13,7 +13,7 @@ import argparse
 import json
 from typing import Any
 
-from .model_options import BUNDLED_WEIGHTS, add_model_options
+from .model_options import add_model_options, check_model_args, load_model
 
 METHODS = ("falcon", "falcon++", "layer-reconstruction", "magnitude", "layerwise-magnitude", "ratio-greedy",
            "obs", "nnz-only")
@@ -119,25 +119,15 @@ def run(args: argparse.Namespace) -> int:
     new_file_option(args.x_path, "--x-path")
     device_option(args.device)
     max_memory = parse_bytes(args.max_memory)
-    if args.checkpoint and args.random_init:
-        raise OptionError("give `--checkpoint` or `--random-init`, not both")
+    check_model_args(args)
     if args.flops_fraction is None and args.nnz_fraction is None:
         raise OptionError("give `--flops-fraction` and/or `--nnz-fraction`")
     for name in ("flops_fraction", "nnz_fraction"):       # fail before any loading
         fraction(getattr(args, name), name)
-    if not args.checkpoint and not args.random_init and args.arch not in BUNDLED_WEIGHTS:
-        raise OptionError(f"`--checkpoint` is required for arch '{args.arch}' (no bundled weights); "
-                          "or pass --random-init")
-    from .architectures import build_model, load_checkpoint, pretrained_path   # imports torch
     from .masks import save_masks, save_pruned
     from .prune import prune_model
 
-    model = build_model(args.arch, seed=args.seed)
-    if args.checkpoint:
-        load_checkpoint(model, args.checkpoint)
-    elif not args.random_init:
-        load_checkpoint(model, pretrained_path(args.arch))
-    model.eval()
+    model = load_model(args)
     test = None
     if args.test_data:
         from .data import load_mnist
