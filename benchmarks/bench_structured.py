@@ -60,6 +60,7 @@ def _accuracy_rows(archs, fractions, seeds, methods, out):
         dense = load_pretrained(arch)
         ex = example_input(arch)
         dense_macs = dense_flops(prunable_layers(dense, ex))
+        tp_dense, _ = count_macs_params(dense, ex)
         dense_acc = evaluate(dense, xte, yte)
         for frac in fractions:
             for method in methods:
@@ -80,7 +81,6 @@ def _accuracy_rows(archs, fractions, seeds, methods, out):
                 small.eval()
                 macs = dense_flops(prunable_layers(small, ex))
                 tp_macs, _ = count_macs_params(small, ex)
-                tp_dense, _ = count_macs_params(dense, ex)
                 one_shot = evaluate(small, xte, yte)
                 lat = {}
                 for b in BATCHES:

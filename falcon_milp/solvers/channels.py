@@ -92,11 +92,8 @@ def _drop_until_feasible(problem: ChannelProblem, counts: np.ndarray) -> tuple[n
                 return counts, dropped
             violated = chk.violated()
         freed = _marginal(problem, counts, violated)
-        ok = (counts > problem.min_keep) & (freed > 0)
-        if not ok.any():
-            return counts, dropped
         step = np.array([_step_down(problem, g, int(counts[g])) for g in range(problem.n_groups)])
-        ok &= step > 0
+        ok = (step > 0) & (freed > 0)        # step > 0: the group is above its smallest allowed count
         if not ok.any():
             return counts, dropped
         loss = np.array([problem.values[g][counts[g] - step[g]:counts[g]].sum() if step[g] > 0 else np.inf

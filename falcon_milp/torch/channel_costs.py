@@ -27,14 +27,11 @@ __all__ = ["Affine", "channel_resources", "count_affine"]
 
 
 class Affine:
-    """c + sum_g a_g k_g over the problem's groups, and products of two of them."""
+    """c + sum_g a_g k_g over the problem's groups (:class:`Polynomial` multiplies two of them)."""
 
     def __init__(self, const: float = 0.0, coef: dict[int, float] | None = None) -> None:
         self.const = float(const)
         self.coef = dict(coef or {})
-
-    def scaled(self, s: float) -> "Affine":
-        return Affine(self.const * s, {g: a * s for g, a in self.coef.items()})
 
 
 class Polynomial:

@@ -246,10 +246,10 @@ class _Tracer:
         if isinstance(mod, _KEEP_MODULES):
             return self.layout(node.args[0], where)
         if isinstance(mod, nn.Flatten):
-            return self.flatten(node, node.args[0], mod.start_dim, where)
+            return self.flatten(node.args[0], mod.start_dim, where)
         raise ModelError(f"{where} is not supported by the channel graph")
 
-    def flatten(self, node: fx.Node, src: Any, start_dim: int, where: str) -> _Layout:
+    def flatten(self, src: Any, start_dim: int, where: str) -> _Layout:
         lay = self.layout(src, where)
         in_shape = self.shape(src)
         if start_dim != 1 or in_shape is None or len(in_shape) < 2:
@@ -271,7 +271,7 @@ class _Tracer:
             return self.layout(node.args[0], where)
         if fn is torch.flatten:
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-            return self.flatten(node, node.args[0], start, where)
+            return self.flatten(node.args[0], start, where)
         if fn is torch.cat:
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
             parts = [self.layout(a, where) for a in node.args[0]]
@@ -325,7 +325,7 @@ class _Tracer:
         if name in ("view", "reshape", "flatten"):
             in_shape, out_shape = self.shape(src), self.shape(node)
             if in_shape and out_shape and len(out_shape) == 2 and out_shape[0] == in_shape[0]:
-                return self.flatten(node, src, 1, where)
+                return self.flatten(src, 1, where)
             raise ModelError(f"{where}: only a reshape to (N, C*H*W) is supported")
         if name in ("mean", "sum", "amax"):
             dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")

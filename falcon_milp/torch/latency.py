@@ -63,17 +63,23 @@ def compare_latency(first: nn.Module, second: nn.Module, x: torch.Tensor, rounds
     return min(a), min(b)
 
 
-def _layer(use: ModuleUse, c_in: int, c_out: int) -> tuple[nn.Module, torch.Tensor, int]:
-    """A standalone copy of ``use``'s layer at (c_in, c_out) channels and its input."""
+def _layer(use: ModuleUse, c_in: int, c_out: int | None) -> tuple[nn.Module, torch.Tensor]:
+    """A standalone copy of ``use``'s layer at (c_in, c_out) channels (depthwise: c_out None)
+    and one input example for it."""
     mod = use.module
-    batch_shape = tuple(use.in_shape[2:])
     if use.kind == "linear":
         layer = nn.Linear(c_in * use.multiplicity, c_out, bias=mod.bias is not None)
-        return layer, torch.randn(1, c_in * use.multiplicity), c_in
-    groups = c_in if use.kind == "depthwise" else 1
-    conv = type(mod)(c_in, c_out if use.kind != "depthwise" else c_in, mod.kernel_size, mod.stride,
-                     mod.padding, mod.dilation, groups, mod.bias is not None, mod.padding_mode)
-    return conv, torch.randn(1, c_in, *batch_shape), c_in
+        return layer, torch.randn(1, c_in * use.multiplicity)
+    depthwise = c_out is None
+    conv = type(mod)(c_in, c_in if depthwise else c_out, mod.kernel_size, mod.stride, mod.padding,
+                     mod.dilation, c_in if depthwise else 1, mod.bias is not None, mod.padding_mode)
+    return conv, torch.randn(1, c_in, *use.in_shape[2:])
+
+
+def _features(c_in: int, c_out: int | None) -> list[float]:
+    """The fit's regressors (1, c_in, c_out, c_in c_out); a depthwise layer (c_out None) has
+    only the first two."""
+    return [1.0, c_in, 0.0, 0.0] if c_out is None else [1.0, c_in, c_out, c_in * c_out]
 
 
 @dataclass
@@ -119,28 +125,22 @@ def fit_latency_model(model: nn.Module, graph: ChannelGraph, batch: int = 64,
     errors: dict[str, float] = {}
     dense_fit = 0.0
     for name, use in graph.uses.items():
-        n_in, n_out = use.in_units.size, use.out_units.size
+        n_in = use.in_units.size
+        n_out = None if use.kind == "depthwise" else use.out_units.size
         rows, times = [], []
         ins = sorted({max(1, round(f * n_in)) for f in GRID})
-        outs = [None] if use.kind == "depthwise" else sorted({max(1, round(f * n_out)) for f in GRID})
+        outs = [None] if n_out is None else sorted({max(1, round(f * n_out)) for f in GRID})
         for ci in ins:
             for co in outs:
-                layer, x1, _ = _layer(use, ci, co if co is not None else ci)
+                layer, x1 = _layer(use, ci, co)
                 x = x1.expand(batch, *x1.shape[1:]).contiguous()
-                t = measure_latency(layer, x, min_time=0.05, min_runs=5, warmup=1, statistic="min")
-                co_ = ci if co is None else co
-                rows.append([1.0, ci, co_, ci * co_] if use.kind != "depthwise" else [1.0, ci, 0.0, 0.0])
-                times.append(t)
+                times.append(measure_latency(layer, x, min_time=0.05, min_runs=5, warmup=1, statistic="min"))
+                rows.append(_features(ci, co))
         A, y = np.array(rows), np.array(times)
-        coef, _ = nnls(A, y)
-        if use.kind == "depthwise":
-            coef = np.array([coef[0], coef[1], 0.0, 0.0])
-        fitted = A @ coef
-        errors[name] = float(np.max(np.abs(fitted - y) / y))
+        coef, _ = nnls(A, y)            # the all-zero columns of a depthwise layer stay 0
+        errors[name] = float(np.max(np.abs(A @ coef - y) / y))
         coefficients[name] = tuple(float(c) for c in coef)
-        n_o = n_in if use.kind == "depthwise" else n_out
-        dense_fit += float(coef @ np.array([1.0, n_in, n_o if use.kind != "depthwise" else 0.0,
-                                            n_in * n_o if use.kind != "depthwise" else 0.0]))
+        dense_fit += float(coef @ np.array(_features(n_in, n_out)))
     if example_input is None:
         first = next(u for u in graph.uses.values())
         example_input = torch.randn(1, *first.in_shape[1:])

@@ -52,14 +52,9 @@ def _slices(graph: ChannelGraph, model: nn.Module, g: int) -> list[tuple[torch.T
     modules = dict(model.named_modules())
     out = []
     for m in graph.groups[g].members:
-        mod = modules[m.module]
-        if m.role == "norm":
-            if mod.weight is not None:
-                out.append((mod.weight, 0, m.positions, 1))
-        elif m.role == "consumer":
-            out.append((mod.weight, 1, m.positions, m.multiplicity))
-        else:
-            out.append((mod.weight, 0, m.positions, 1))
+        weight = modules[m.module].weight      # None for a BatchNorm without affine parameters
+        if weight is not None:                 # consumers own input columns, the others output rows
+            out.append((weight, 1 if m.role == "consumer" else 0, m.positions, m.multiplicity))
     return out
 
 
@@ -208,8 +203,8 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, *, flops_fract
         times["latency_table"] = time.perf_counter() - t
     if latency_model is not None:
         resources["latency"] = latency_model.resource(graph, groups)
-    dense_counts = np.array([graph.groups[g].size for g in groups], dtype=np.int64)
     sizes = [graph.groups[g].size for g in groups]
+    dense_counts = np.array(sizes, dtype=np.int64)
     problem = ChannelProblem.from_groups(
         values, resources, {r: None for r in resources}, names=[graph.groups[g].name for g in groups],
         min_keep=np.minimum(min_keep, sizes))
