@@ -213,20 +213,20 @@ class SortedLayers:
     # ------------------------------------------------------------------ counts
     def counts_gt(self, thresholds: np.ndarray) -> np.ndarray:
         """(L,) int64: ``#{i in l : I_i > thresholds[l]}``."""
-        t = np.asarray(thresholds, dtype=np.float64)
-        self._thresholds_ok(t)
-        keys = _round_keys(self.dtype, -t, up=True)
-        ss = np.searchsorted
-        return self.top + np.fromiter((ss(v, k, "left") for v, k in zip(self.views, keys)),
-                                      dtype=np.int64, count=self.n_layers)
+        return self._counts(thresholds, strict=True)
 
     def counts_ge(self, thresholds: np.ndarray) -> np.ndarray:
         """(L,) int64: ``#{i in l : I_i >= thresholds[l]}``."""
+        return self._counts(thresholds, strict=False)
+
+    def _counts(self, thresholds: np.ndarray, strict: bool) -> np.ndarray:
+        """Per-layer counts above (``strict``) or at least at the thresholds: a binary search of
+        the negated key in each layer's ascending view."""
         t = np.asarray(thresholds, dtype=np.float64)
         self._thresholds_ok(t)
-        keys = _round_keys(self.dtype, -t, up=False)
-        ss = np.searchsorted
-        return self.top + np.fromiter((ss(v, k, "right") for v, k in zip(self.views, keys)),
+        keys = _round_keys(self.dtype, -t, up=strict)
+        side = "left" if strict else "right"
+        return self.top + np.fromiter((np.searchsorted(v, k, side) for v, k in zip(self.views, keys)),
                                       dtype=np.int64, count=self.n_layers)
 
     def count_gt(self, l: int, threshold: float) -> int:
